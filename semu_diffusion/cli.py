@@ -1,0 +1,171 @@
+"""Command-line entry points: semu-erase, semu-eval, semu-toy. Argument parsing and printing only."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    try:
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+    except Exception:  # pragma: no cover
+        pass
+    import logging
+
+    logging.getLogger("root").setLevel(logging.ERROR)
+
+
+def _fail(prog: str, msg: str) -> "None":
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _known_errors():
+    from .delta import DeltaError
+    from .loading import ModelLoadError
+    from .trainer import TrainingDiverged
+
+    return (ValueError, FileNotFoundError, DeltaError, ModelLoadError, TrainingDiverged, PermissionError)
+
+
+def _check_out_path(prog: str, out: str) -> None:
+    d = os.path.dirname(os.path.abspath(out))
+    if not out.endswith(".safetensors"):
+        _fail(prog, f"--out {out} must end in .safetensors")
+    if not os.path.isdir(d):
+        _fail(prog, f"output folder {d} does not exist: create it or choose another --out")
+    if not os.access(d, os.W_OK):
+        _fail(prog, f"output folder {d} is not writable: choose another --out")
+
+
+def erase_main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="semu-erase", description="Erase a concept from a Stable Diffusion model with SEMU "
+                                "and write a diffusers-loadable delta (.safetensors).")
+    p.add_argument("--concept", required=True, help='what to erase, e.g. "triangle", "nudity", "Van Gogh style"')
+    p.add_argument("--anchor", default=None, help="what the concept is remapped to (default: per concept kind, printed)")
+    p.add_argument("--kind", choices=["object", "nudity", "style"], default=None, help="concept kind (default: guessed)")
+    p.add_argument("--model", default="toy", help="'toy' (embedded), a local diffusers folder, or a cached hub id")
+    p.add_argument("--method", default="semu", help="unlearning method (see --list-methods)")
+    p.add_argument("--list-methods", action="store_true", help="print the available methods and exit")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--tau", type=float, default=None, help="SVD energy threshold for the rank (default 0.95)")
+    p.add_argument("--r-max", type=int, default=None)
+    p.add_argument("--conv-mode", choices=["flat", "per-channel"], default="flat")
+    p.add_argument("--no-project", action="store_true", help="skip projecting the gradient orthogonally to W")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--forget-n", type=int, default=None, help="number of generated forget latents")
+    p.add_argument("--forget-prompts", default=None, help="file of forget prompts (one per line) instead of templates")
+    p.add_argument("--retain-weight", type=float, default=None, help="weight of the optional retain loss")
+    p.add_argument("--curriculum", action="store_true", help="order forget samples easy->hard (CUFG-style)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default=None, help="recipe name in pipelines/ (default: matched from the UNet config)")
+    p.add_argument("--targets", default=None, help="regex over UNet module names replacing the recipe's targets")
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--out", default=None, help="delta file to write (default: <concept>-<method>.safetensors)")
+    p.add_argument("--kohya", default=None, help="also write a kohya/A1111/ComfyUI copy to this path")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    _quiet_libraries()
+    from .methods import available_methods
+
+    if a.list_methods:
+        print("\n".join(available_methods()))
+        return
+    if not a.concept.strip():
+        _fail(p.prog, "empty --concept: pass the word or phrase to erase, e.g. --concept triangle")
+    out = a.out or f"{a.concept.strip().replace(' ', '_').replace('/', '_')}-{a.method}.safetensors"
+    _check_out_path(p.prog, out)
+    from .api import erase
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            res = erase(a.concept, model=a.model, anchor=a.anchor, method=a.method, out=out, steps=a.steps, lr=a.lr,
+                        tau=a.tau, r_max=a.r_max, conv_mode=a.conv_mode, project=False if a.no_project else None,
+                        batch_size=a.batch_size, grad_accum=a.grad_accum, forget_n=a.forget_n,
+                        forget_prompts=a.forget_prompts, kind=a.kind, retain_weight=a.retain_weight,
+                        mixed_precision=a.mixed_precision, device=a.device, seed=a.seed, preset=a.preset,
+                        targets=a.targets, resolution=a.resolution, curriculum=a.curriculum, progress=not a.quiet)
+        for w in caught:
+            if "never saw" in str(w.message):
+                print(f"semu-erase: warning: {w.message}", file=sys.stderr)
+    except _known_errors() as e:
+        _fail(p.prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    s = res.stats
+    if a.kohya:
+        from .delta import to_kohya
+
+        to_kohya(res.out, a.kohya)
+        s["kohya_out"] = a.kohya
+    ranks = f"ranks {s['rank_min']}-{s['rank_max']} (mean {s['rank_mean']:.1f})" if s["rank_min"] is not None else "dense"
+    print(f"erased {s['concept']!r} -> {s['anchor']!r} with {s['method']}: {s['layers']} layers, {ranks}, "
+          f"{s['trainable_params']:,} trainable of {s['unet_params']:,} UNet params ({100 * s['trainable_frac']:.3f}%), "
+          f"loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}, {s['seconds']:.1f} s, "
+          f"delta {s['delta_bytes'] / 1e6:.2f} MB at {s['out']}")
+    if a.json:
+        print(json.dumps(s))
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    from .evaluate import main
+
+    main(argv)
+
+
+def toy_main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="semu-toy", description="The embedded toy world: train its models or check them.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="rebuild the toy models from scratch")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="toy-models")
+    t.add_argument("--unet-steps", type=int, default=None)
+    t.add_argument("--clip-steps", type=int, default=None)
+    t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--n-images", type=int, default=None)
+    t.add_argument("--stages", default="clip,vae,unet")
+    c = sub.add_parser("check", help="measure the shipped toy models against their targets")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--per-class", type=int, default=20)
+    c.add_argument("--n-clip", type=int, default=1000)
+    a = p.parse_args(argv)
+    _quiet_libraries()
+    if a.cmd == "train":
+        from .toy.train import ToyTrainConfig, train_all
+
+        kw = {k: v for k, v in dict(unet_steps=a.unet_steps, clip_steps=a.clip_steps, vae_steps=a.vae_steps,
+                                     n_images=a.n_images).items() if v is not None}
+        facts = train_all(ToyTrainConfig(seed=a.seed, device=a.device, **kw), a.out, stages=tuple(a.stages.split(",")))
+        print(json.dumps(facts))
+        return
+    from .toy import shipped_available
+    from .toy.check import TARGETS, run_check
+
+    if not shipped_available():
+        _fail(p.prog, "the toy weights are not in the package: rebuild them with `semu-toy train`")
+    res = run_check(n_clip=a.n_clip, per_class=a.per_class)
+    for k, v in TARGETS.items():
+        print(f"{k:>18}: {res[k]:.3f}  (target >= {v})")
+    print(f"{'weights_mb':>18}: {res['weights_mb']:.2f}  (target <= 30)")
+    print(f"{'seconds':>18}: {res['seconds']:.1f}")
+    print("per class:", ", ".join(f"{k} {v:.2f}" for k, v in res["gen_per_class"].items()))
+    if a.json:
+        print(json.dumps(res))

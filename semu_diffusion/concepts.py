@@ -1,0 +1,99 @@
+"""Concepts: their kind (object, nudity, style), forget prompts and the anchor they are remapped to."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+NUDITY_WORDS = {"nudity", "nude", "naked", "nsfw", "nakedness"}
+
+OBJECT_TEMPLATES = ["a photo of a {}", "an image of a {}", "a {}", "a picture of a {}", "a drawing of a {}",
+                    "a photo of the {}"]
+STYLE_TEMPLATES = ["a painting in the style of {}", "an artwork by {}", "a landscape in the style of {}",
+                   "a portrait in the style of {}", "a picture by {}"]
+STYLE_ANCHORS = ["a painting", "an artwork", "a landscape", "a portrait", "a picture"]
+NUDITY_PROMPTS = ["a photo of a nude person", "a naked woman", "a naked man", "nudity", "a nude body",
+                  "a photo of a naked person on the beach"]
+NUDITY_ANCHOR = "a person wearing clothes"
+
+
+@dataclass
+class ConceptPlan:
+    concept: str
+    kind: str
+    forget_prompts: list[str]
+    anchor_prompts: list[str]  # paired with forget_prompts
+    anchor: str
+
+
+def concept_kind(concept: str) -> str:
+    c = concept.strip().lower()
+    if c in NUDITY_WORDS:
+        return "nudity"
+    if c.endswith(" style") or c.startswith("style of") or c.startswith("in the style of"):
+        return "style"
+    return "object"
+
+
+def _fix_article(text: str) -> str:
+    from .toy.world import article
+
+    return article(text)
+
+
+def plan_concept(concept: str, anchor: str | None = None, kind: str | None = None, prompts_file: str | Path | None = None,
+                 default_object_anchors: list[str] | None = None) -> ConceptPlan:
+    """Forget prompts and paired anchor prompts for a concept. ``anchor=None`` picks the kind's default."""
+    concept = (concept or "").strip()
+    if not concept:
+        raise ValueError("empty concept: pass --concept with the word or phrase to erase, e.g. --concept triangle")
+    kind = kind or concept_kind(concept)
+    if kind not in ("object", "nudity", "style"):
+        raise ValueError(f"unknown concept kind {kind!r}: use object, nudity or style")
+    name = concept
+    if kind == "style":
+        for pre in ("in the style of ", "style of "):
+            if name.lower().startswith(pre):
+                name = name[len(pre):]
+        if name.lower().endswith(" style"):
+            name = name[: -len(" style")]
+    if prompts_file:
+        p = Path(prompts_file)
+        if not p.exists():
+            raise FileNotFoundError(f"forget prompt file {p} not found")
+        forget = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        if not forget:
+            raise ValueError(f"forget prompt file {p} holds no prompts")
+    elif kind == "object":
+        forget = [_fix_article(t.format(name)) for t in OBJECT_TEMPLATES]
+    elif kind == "style":
+        forget = [t.format(name) for t in STYLE_TEMPLATES]
+    else:
+        forget = list(NUDITY_PROMPTS)
+    if anchor is None:
+        if kind == "nudity":
+            anchor = NUDITY_ANCHOR
+        elif kind == "style":
+            anchor = "a painting"
+        else:
+            cands = [a for a in (default_object_anchors or [""]) if a.lower() != name.lower()]
+            anchor = cands[0] if cands else ""
+    if kind == "object" and not prompts_file:
+        anchors = [_fix_article(t.format(anchor)) if anchor else "" for t in OBJECT_TEMPLATES]
+    elif kind == "style" and not prompts_file and anchor == "a painting":
+        anchors = list(STYLE_ANCHORS)
+    else:
+        anchors = [anchor] * len(forget)
+    return ConceptPlan(concept=concept, kind=kind, forget_prompts=forget, anchor_prompts=anchors, anchor=anchor)
+
+
+def warn_unseen_concept(concept: str, known_words: set[str]) -> bool:
+    """Warn when none of a concept's words were in the model's training captions (toy model). Returns True if warned."""
+    words = {w.strip(",.").lower() for w in concept.split()}
+    if known_words and not (words & known_words):
+        warnings.warn(f"the model never saw the words of concept {concept!r} in training; erasing it will do little "
+                      f"(known words include: {', '.join(sorted(known_words)[:12])}, ...)", stacklevel=2)
+        return True
+    return False

@@ -1,0 +1,71 @@
+"""SEMU: train only r x r matrices R inside W = W0 + U_r R V_r^T, U_r/V_r from the forget-gradient SVD."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .. import layers as L
+from ..svd import gradient_subspaces, per_channel_subspaces
+from . import register
+from .base import Delta, Method
+
+
+@register("semu")
+class SEMU(Method):
+    needs_gradient = True
+
+    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None) -> list[nn.Parameter]:
+        c = self.config
+        if grads is None:
+            raise ValueError("SEMU needs the forget gradient")
+        weights = {n: unet.get_submodule(n).weight.detach() for n in targets} if c.project else None
+        dev = next(iter(grads.values())).device
+        subs: dict = {}
+        if c.conv_mode == "per-channel":
+            conv = [n for n in targets if grads[n].dim() == 4]
+            for n in conv:
+                g = grads[n].float()
+                if weights is not None:
+                    from ..svd import project_orthogonal
+
+                    g = project_orthogonal(g, weights[n].float())
+                subs[n] = per_channel_subspaces(g, c.tau, c.r_min, c.r_max)
+            rest = {n: grads[n] for n in targets if n not in subs}
+        else:
+            rest = {n: grads[n] for n in targets}
+        subs.update(gradient_subspaces(rest, c.tau, c.r_min, c.r_max, weights=weights, device=dev))
+        self.layers = L.inject(unet, {n: subs[n] for n in targets})
+        params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
+        self.info = {
+            "ranks": {n: int(layer.rank) for n, layer in self.layers.items()},
+            "energy": {n: float(subs[n].energy) for n in targets if not isinstance(subs[n], list)},
+            "trainable_params": int(sum(p.numel() for p in params)),
+        }
+        return params
+
+    @torch.no_grad()
+    def export(self, unet: nn.Module) -> Delta:
+        d = Delta(format="lora")
+        for n, layer in self.layers.items():
+            if isinstance(layer, L.SEMUConv2dPerChannel):
+                d.format = "mixed"
+                d.dense[n] = layer.delta_weight().detach().float().cpu().contiguous()
+                continue
+            B, A = layer.factors()
+            w = layer.base.weight
+            if w.dim() == 4:
+                A = A.reshape(layer.rank, *w.shape[1:])
+                B = B[:, :, None, None]
+            d.lora[n] = (B.detach().float().cpu().contiguous(), A.detach().float().cpu().contiguous())
+            d.ranks[n] = layer.rank
+        if d.format == "mixed" and not d.lora:
+            d.format = "dense"
+        return d
+
+    def set_scale(self, s: float) -> None:
+        for layer in self.layers.values():
+            layer.scale = s
+
+    def restore(self, unet: nn.Module) -> None:
+        L.eject(unet, self.layers, merge=False)
+        self.layers = {}

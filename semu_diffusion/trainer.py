@@ -1,0 +1,243 @@
+"""The erasure loop: forget set -> forget gradient -> method setup -> remap training -> delta.
+
+Runs under accelerate (``mixed_precision`` no/fp16/bf16; trainable parameters stay fp32). All methods see the
+same forget latents, timesteps, noise and base targets (precomputed before any weight changes, so no frozen
+copy of the UNet is needed).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import objectives as O
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 120
+    lr: float = 3e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    forget_n: int = 32
+    retain_weight: float = 0.0
+    guidance_w: float = O.DEFAULT_GUIDANCE_W
+    mixed_precision: str = "no"
+    seed: int = 0
+    objective: str = "remap"  # "remap" | "esd"
+    esd_eta: float = 1.0
+    curriculum: bool = False
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise ValueError("lr must be a positive number")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.forget_n < 1:
+            raise ValueError("batch_size, grad_accum and forget_n must be >= 1")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError("mixed_precision must be one of no, fp16, bf16")
+        if self.objective not in ("remap", "esd"):
+            raise ValueError("objective must be 'remap' or 'esd'")
+
+
+class Conditioner:
+    """Text embeddings and extra UNet inputs for SD1.x/2.x and SDXL pipelines."""
+
+    def __init__(self, pipe, device):
+        self.pipe, self.device = pipe, device
+        self.sdxl = getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+
+    @torch.no_grad()
+    def embed(self, prompts: list[str]) -> dict:
+        if self.sdxl:
+            pe, _, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+            res = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+            ids = torch.tensor([[res, res, 0, 0, res, res]], device=self.device, dtype=pe.dtype).repeat(len(prompts), 1)
+            return {"hidden": pe, "text_embeds": pooled, "time_ids": ids}
+        pe, _ = self.pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1,
+                                        do_classifier_free_guidance=False)
+        return {"hidden": pe}
+
+
+def cond_index(cond: dict, idx: torch.Tensor) -> dict:
+    return {k: v[idx.to(v.device)] for k, v in cond.items()}
+
+
+def cond_cat(a: dict, b: dict) -> dict:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def unet_eps(unet, zt, t, cond: dict, dtype=None) -> torch.Tensor:
+    kw = {}
+    if "text_embeds" in cond:
+        kw["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+    h = cond["hidden"]
+    if dtype is not None:
+        zt, h = zt.to(dtype), h.to(dtype)
+    return unet(zt, t, encoder_hidden_states=h, **kw).sample
+
+
+@dataclass
+class Schedule:
+    """Per-step training samples: forget-latent indices, timesteps, noise and the base model's targets."""
+
+    idx: torch.Tensor  # (steps*accum, B)
+    t: torch.Tensor
+    eps: torch.Tensor
+    target: torch.Tensor
+    retain_idx: torch.Tensor | None = None
+    retain_t: torch.Tensor | None = None
+    retain_eps: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+
+def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: TrainConfig, device, n_micro: int,
+                  retain_latents=None, progress=True) -> Schedule:
+    g = torch.Generator("cpu").manual_seed(cfg.seed + 101)
+    n, B = len(latents), cfg.batch_size
+    idx = torch.stack([torch.randint(0, n, (B,), generator=g) for _ in range(n_micro)])
+    T = len(acp)
+    t = torch.randint(0, T, (n_micro, B), generator=g)
+    eps = torch.randn((n_micro, B, *latents.shape[1:]), generator=g)
+    targets = []
+    for i in tqdm(range(n_micro), desc="base targets", disable=not progress, dynamic_ncols=True, leave=False):
+        z0 = latents[idx[i]].to(device)
+        zt = O.add_noise(z0, eps[i].to(device), t[i].to(device), acp)
+        with torch.no_grad():
+            if cfg.objective == "esd":
+                c = cond_index(forget_cond, idx[i] % len(forget_cond["hidden"]))
+                u = {k: v.expand(B, *v.shape[1:]) for k, v in uncond.items()}
+                e = unet_eps(unet, torch.cat([zt, zt]), t[i].to(device).repeat(2), cond_cat(c, u))
+                ec, eu = e.chunk(2)
+                targets.append(O.esd_target(eu, ec, cfg.esd_eta).float().cpu())
+            else:
+                a = cond_index(anchor_cond, idx[i] % len(anchor_cond["hidden"]))
+                targets.append(unet_eps(unet, zt, t[i].to(device), a).float().cpu())
+    s = Schedule(idx=idx, t=t, eps=eps, target=torch.stack(targets))
+    if retain_latents is not None and cfg.retain_weight > 0:
+        s.retain_idx = torch.stack([torch.randint(0, len(retain_latents), (B,), generator=g) for _ in range(n_micro)])
+        s.retain_t = torch.randint(0, T, (n_micro, B), generator=g)
+        s.retain_eps = torch.randn((n_micro, B, *retain_latents.shape[1:]), generator=g)
+    return s
+
+
+def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str], cfg: TrainConfig, device,
+                    autocast: Callable, progress=True) -> dict[str, torch.Tensor]:
+    """One pass over the forget set: accumulate dL_g/dW for every target weight (fp32)."""
+    params = {n: unet.get_submodule(n).weight for n in targets}
+    req = {n: p.requires_grad for n, p in unet.named_parameters()}
+    unet.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+        p.grad = None
+    g = torch.Generator("cpu").manual_seed(cfg.seed + 202)
+    n, B = len(latents), cfg.batch_size
+    try:
+        for i in tqdm(range(0, n, B), desc="forget gradient", disable=not progress, dynamic_ncols=True, leave=False):
+            z0 = latents[i : i + B].to(device)
+            b = len(z0)
+            t = torch.randint(0, len(acp), (b,), generator=g).to(device)
+            eps = torch.randn(z0.shape, generator=g).to(device)
+            zt = O.add_noise(z0, eps, t, acp)
+            c = cond_index(forget_cond, torch.arange(i, i + b) % len(forget_cond["hidden"]))
+            u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+            with autocast():
+                e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
+            ec, eu = e.float().chunk(2)
+            guided = (1 + cfg.guidance_w) * ec - cfg.guidance_w * eu
+            loss = -torch.nn.functional.mse_loss(guided, eps.float(), reduction="sum") / n
+            loss.backward()
+        grads = {k: p.grad.detach().float().clone() for k, p in params.items()}
+    finally:
+        for k, p in unet.named_parameters():
+            p.grad = None
+            p.requires_grad_(req[k])
+    return grads
+
+
+def cast_frozen(unet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Cast frozen weights to the compute dtype (trainable ones stay fp32). Returns CPU copies of the originals."""
+    saved = {}
+    for n, p in unet.named_parameters():
+        if not p.requires_grad and p.dtype != dtype:
+            saved[n] = p.data.to("cpu", copy=True)
+            p.data = p.data.to(dtype)
+    return saved
+
+
+def restore_frozen(unet, saved: dict[str, torch.Tensor]) -> None:
+    """Put back the exact original weights saved by :func:`cast_frozen`."""
+    params = dict(unet.named_parameters())
+    for n, v in saved.items():
+        params[n].data = v.to(params[n].device)
+
+
+def curriculum_order(losses: torch.Tensor) -> torch.Tensor:
+    """CUFG-style pacing: micro-steps sorted from easy (low initial loss) to hard."""
+    return torch.argsort(losses)
+
+
+def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConfig, accelerator, device,
+          retain_latents=None, retain_cond=None, acp=None, progress=True) -> dict:
+    """Adam on ``params`` with the remap (or ESD) loss on the precomputed schedule. Raises on nan/inf."""
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = accelerator.prepare(opt)
+    n_micro = schedule.idx.shape[0]
+    order = torch.arange(n_micro)
+    if cfg.curriculum:
+        with torch.no_grad():
+            init = torch.stack([O.remap_loss(_pred(unet, schedule, i, latents, forget_cond, acp, device, accelerator).float(),
+                                             schedule.target[i]) for i in range(n_micro)])
+        order = curriculum_order(init.cpu())
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="unlearn", disable=not progress, dynamic_ncols=True)
+    t0 = time.time()
+    k = 0
+    for step in bar:
+        opt.zero_grad(set_to_none=True)
+        tot = 0.0
+        for _ in range(cfg.grad_accum):
+            i = int(order[k])
+            k += 1
+            pred = _pred(unet, schedule, i, latents, forget_cond, acp, device, accelerator)
+            loss = O.remap_loss(pred, schedule.target[i].to(device))
+            if schedule.retain_idx is not None and retain_latents is not None:
+                z0 = retain_latents[schedule.retain_idx[i]].to(device)
+                eps = schedule.retain_eps[i].to(device)
+                tt = schedule.retain_t[i].to(device)
+                zt = O.add_noise(z0, eps, tt, acp)
+                rc = cond_index(retain_cond, schedule.retain_idx[i] % len(retain_cond["hidden"]))
+                with accelerator.autocast():
+                    rp = unet_eps(unet, zt, tt, rc)
+                loss = loss + cfg.retain_weight * O.retain_loss(rp, eps)
+            loss = loss / cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at step {step}: lower --lr or use --mixed-precision no; "
+                                       "no delta was written")
+            accelerator.backward(loss)
+            tot += loss.item()
+        opt.step()
+        for p in params:
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(f"trainable weights became nan/inf at step {step}: lower --lr; no delta was written")
+        losses.append(tot)
+        bar.set_postfix(loss=f"{tot:.4f}")
+    return {"losses": losses, "train_seconds": time.time() - t0, "step_seconds": (time.time() - t0) / cfg.steps}
+
+
+def _pred(unet, schedule: Schedule, i: int, latents, forget_cond, acp, device, accelerator):
+    z0 = latents[schedule.idx[i]].to(device)
+    zt = O.add_noise(z0, schedule.eps[i].to(device), schedule.t[i].to(device), acp)
+    c = cond_index(forget_cond, schedule.idx[i] % len(forget_cond["hidden"]))
+    with accelerator.autocast():
+        return unet_eps(unet, zt, schedule.t[i].to(device), c)

@@ -1,0 +1,33 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def random_pipeline_dir(tmp_path_factory):
+    """A randomly initialised toy-architecture StableDiffusionPipeline saved to disk."""
+    from semu_diffusion.toy.models import build_random_pipeline
+
+    return build_random_pipeline(tmp_path_factory.mktemp("randpipe"), seed=0)
+
+
+@pytest.fixture()
+def random_pipe(random_pipeline_dir):
+    from semu_diffusion.loading import load_pipeline
+
+    return load_pipeline(str(random_pipeline_dir))
+
+
+@pytest.fixture(scope="session")
+def toy_available():
+    from semu_diffusion.toy import shipped_available
+
+    if not shipped_available():
+        pytest.fail("the shipped toy weights are missing from semu_diffusion/toy/weights")
+    return True

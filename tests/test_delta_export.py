@@ -1,0 +1,188 @@
+"""Export exactness: stock diffusers load_lora_weights reproduces the toolkit's merged weights."""
+import copy
+
+import pytest
+import torch
+
+from semu_diffusion import load_delta
+from semu_diffusion.delta import DeltaError, fingerprint, read_delta, save_delta, to_kohya
+from semu_diffusion.methods import MethodConfig, get_method
+from semu_diffusion.recipes import recipe_for, select_targets
+
+LINEAR = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+CONV1x1 = "down_blocks.0.attentions.0.proj_in"
+CONV3x3 = "down_blocks.1.resnets.0.conv1"
+
+
+def _unet_out(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500])
+    e = torch.randn(2, 32, 64, generator=g)
+    with torch.no_grad():
+        return unet(x, t, encoder_hidden_states=e).sample
+
+
+def _low_rank_grad(shape, k, g):
+    """A gradient of exact rank k (flattened to (out, rest))."""
+    out = shape[0]
+    rest = int(torch.tensor(shape[1:]).prod())
+    return (torch.randn(out, k, generator=g) @ torch.randn(k, rest, generator=g)).reshape(shape)
+
+
+def _make_delta(pipe, tmp_path, names=None, r_max=4):
+    """SEMU layers from a random 'gradient', random R, exported to a delta file; returns (path, merged unet)."""
+    unet = pipe.unet
+    names = names or select_targets(unet, recipe_for(unet.config).include)
+    g = torch.Generator().manual_seed(1)
+    grads = {n: _low_rank_grad(unet.get_submodule(n).weight.shape, 1 + i % 5, g) for i, n in enumerate(names)}
+    m = get_method("semu")(MethodConfig(tau=0.999, r_max=r_max))
+    m.setup(unet, names, grads)
+    for layer in m.layers.values():
+        layer.R.data = torch.randn(layer.R.shape, generator=g) * 0.05
+    delta = m.export(unet)
+    merged = copy.deepcopy(unet)
+    for n in names:
+        merged.get_submodule(n).merge()
+    m.restore(unet)
+    fp = fingerprint(unet, names)
+    path = save_delta(tmp_path / "d.safetensors", delta, {"method": "semu", "base_model": "random", "base_fingerprint": fp})
+    return path, merged, delta
+
+
+def test_layer_types_covered(random_pipe):
+    unet = random_pipe.unet
+    assert isinstance(unet.get_submodule(LINEAR), torch.nn.Linear)
+    assert unet.get_submodule(CONV1x1).kernel_size == (1, 1)
+    assert unet.get_submodule(CONV3x3).kernel_size == (3, 3)
+
+
+def test_semu_layer_forward_equals_merged_weight(random_pipe, tmp_path):
+    unet = random_pipe.unet
+    names = [LINEAR, CONV1x1, CONV3x3]
+    g = torch.Generator().manual_seed(3)
+    grads = {n: torch.randn(unet.get_submodule(n).weight.shape, generator=g) for n in names}
+    m = get_method("semu")(MethodConfig(tau=0.9, r_max=4))
+    m.setup(unet, names, grads)
+    for layer in m.layers.values():
+        layer.R.data = torch.randn(layer.R.shape, generator=g) * 0.1
+    y_unmerged = _unet_out(unet)
+    for layer in m.layers.values():
+        layer.merge()
+    y_merged = _unet_out(unet)
+    assert torch.allclose(y_unmerged, y_merged, rtol=1e-4, atol=1e-5)
+    w_merged = {n: m.layers[n].base.weight.clone() for n in names}
+    for layer in m.layers.values():
+        layer.unmerge()
+    for n in names:
+        assert not torch.allclose(w_merged[n], m.layers[n].base.weight)
+
+
+def test_diffusers_load_lora_matches_merged(random_pipe, tmp_path):
+    unet = random_pipe.unet
+    w0 = {k: v.clone() for k, v in unet.state_dict().items()}
+    names = [LINEAR, CONV1x1, CONV3x3]
+    path, merged, delta = _make_delta(random_pipe, tmp_path, names)
+    # the base was not modified by making the delta
+    for k, v in unet.state_dict().items():
+        assert torch.equal(v, w0[k])
+    y_ref = _unet_out(merged)
+    y_base = _unet_out(unet)
+    random_pipe.load_lora_weights(str(path), adapter_name="semu")
+    y_lora = _unet_out(unet)
+    rel = ((y_lora - y_ref).norm() / y_ref.norm()).item()
+    assert rel <= 1e-5, rel
+    assert ((y_base - y_ref).norm() / y_ref.norm()).item() > 1e-3  # the delta matters
+    # per-layer: peft's delta weight equals B @ A for each layer type
+    for n in names:
+        lin = unet.get_submodule(n)
+        dw = lin.get_delta_weight("semu")
+        ref = delta.delta_weight(n).reshape(dw.shape)
+        assert torch.allclose(dw, ref, rtol=1e-5, atol=1e-7), n
+    # strength 0.5 -> W0 + 0.5 dW
+    random_pipe.set_adapters(["semu"], adapter_weights=[0.5])
+    random_pipe.fuse_lora(adapter_names=["semu"], lora_scale=1.0)
+    for n in names:
+        w = unet.get_submodule(n).base_layer.weight
+        exp = w0[n + ".weight"] + 0.5 * delta.delta_weight(n).reshape(w.shape)
+        assert torch.allclose(w, exp, rtol=1e-5, atol=1e-6), n
+    random_pipe.unfuse_lora()
+    random_pipe.unload_lora_weights()
+    for k, v in unet.state_dict().items():
+        assert torch.allclose(v, w0[k], atol=1e-6), k
+    y_after = _unet_out(unet)
+    assert torch.allclose(y_after, y_base, atol=1e-5)
+
+
+def test_unload_restores_exactly_without_fuse(random_pipe, tmp_path):
+    unet = random_pipe.unet
+    w0 = {k: v.clone() for k, v in unet.state_dict().items()}
+    path, _, _ = _make_delta(random_pipe, tmp_path)
+    name = load_delta(random_pipe, path, strength=1.0)
+    assert name in random_pipe.get_active_adapters()
+    random_pipe.unload_lora_weights()
+    for k, v in unet.state_dict().items():
+        assert torch.equal(v, w0[k]), k
+
+
+def test_full_target_set_and_mixed_ranks_load(random_pipe, tmp_path):
+    """All toy-preset targets, ranks differing per layer: rank_pattern metadata makes diffusers scale correctly."""
+    path, merged, delta = _make_delta(random_pipe, tmp_path, r_max=6)
+    assert len(set(delta.ranks.values())) > 1
+    y_ref = _unet_out(merged)
+    load_delta(random_pipe, path)
+    y = _unet_out(random_pipe.unet)
+    assert ((y - y_ref).norm() / y_ref.norm()).item() <= 1e-5
+
+
+def test_kohya_export_loads_in_diffusers(random_pipe, tmp_path):
+    path, merged, delta = _make_delta(random_pipe, tmp_path, [LINEAR, CONV3x3])
+    k = to_kohya(path, tmp_path / "kohya.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(k), "pt") as f:
+        keys = list(f.keys())
+    assert any(x.endswith(".alpha") for x in keys) and all(x.startswith("lora_unet_") for x in keys)
+    random_pipe.load_lora_weights(str(k), adapter_name="kohya")
+    y = _unet_out(random_pipe.unet)
+    y_ref = _unet_out(merged)
+    assert ((y - y_ref).norm() / y_ref.norm()).item() <= 1e-5
+
+
+def test_delta_for_other_model_is_refused(random_pipe, tmp_path):
+    path, _, _ = _make_delta(random_pipe, tmp_path)
+    before = {k: v.clone() for k, v in random_pipe.unet.state_dict().items()}
+    with torch.no_grad():
+        random_pipe.unet.get_submodule(LINEAR).weight.add_(0.01)  # "another" base model
+    with pytest.raises(DeltaError, match="made for base model"):
+        load_delta(random_pipe, path)
+    assert not random_pipe.get_list_adapters()
+    w = random_pipe.unet.get_submodule(LINEAR).weight
+    assert torch.allclose(w, before[LINEAR + ".weight"] + 0.01)
+
+
+def test_bad_files_are_refused(tmp_path, random_pipe):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(DeltaError, match="not a readable safetensors"):
+        read_delta(bad)
+    pk = tmp_path / "x.ckpt"
+    torch.save({"a": torch.zeros(1)}, pk)
+    with pytest.raises(DeltaError, match="pickle"):
+        read_delta(pk)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"a": torch.zeros(1)}, str(plain))
+    with pytest.raises(DeltaError, match="not written by semu-erase"):
+        read_delta(plain)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, random_pipe):
+    path, _, delta = _make_delta(random_pipe, tmp_path)
+    before = path.read_bytes()
+    delta.lora[next(iter(delta.lora))] = ("not a tensor", None)
+    with pytest.raises(Exception):
+        save_delta(path, delta, {"method": "semu"})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -1,0 +1,42 @@
+"""Recipes match the real SD1.5 / SD2.1 / SDXL UNet configs (built on the meta device, no weights)."""
+import pytest
+import torch
+
+from semu_diffusion.recipes import all_recipes, recipe_for, select_targets, unet_config_json
+
+
+@pytest.mark.parametrize("family,n_params,n_targets", [("sd15", 859_520_964, 154), ("sd21", 865_910_724, 154),
+                                                        ("sdxl", 2_567_463_684, 325)])
+def test_real_configs_match_their_recipe(family, n_params, n_targets):
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_config_json(family))
+    assert sum(p.numel() for p in unet.parameters()) == n_params
+    r = recipe_for(unet.config)
+    assert r.family == family
+    names = select_targets(unet, r.include, r.exclude)
+    assert len(names) == n_targets
+    kinds = {type(unet.get_submodule(n)).__name__ for n in names}
+    assert kinds == {"Linear", "Conv2d"}
+    assert sum(".attn2.to_" in n for n in names) == 4 * sum(1 for n, _ in unet.named_modules() if n.endswith("attn2"))
+    assert not any(".attn1." in n for n in names)
+
+
+def test_toy_recipe_and_regex_override(random_pipe):
+    unet = random_pipe.unet
+    r = recipe_for(unet.config)
+    assert r.family == "toy"
+    names = select_targets(unet, r.include)
+    assert any(n.endswith("attn2.to_out.0") for n in names) and any(n.endswith("conv_shortcut") for n in names)
+    only_k = select_targets(unet, [r"attn2\.to_k$"])
+    assert only_k and all(n.endswith("attn2.to_k") for n in only_k)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_for(unet.config, "sd99")
+
+
+def test_every_recipe_parses():
+    rs = all_recipes()
+    assert {"toy", "sd15", "sd21", "sdxl"} <= set(rs)
+    for r in rs.values():
+        assert 0 < r.semu["tau"] <= 1 and r.train["steps"] > 0

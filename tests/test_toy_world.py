@@ -1,0 +1,60 @@
+"""The toy world: deterministic generator, captions with synonyms, the real CLIP tokenizer rebuilt offline."""
+import numpy as np
+import pytest
+
+from semu_diffusion.toy import world
+
+
+def test_generator_is_deterministic():
+    a = world.make_dataset(50, seed=3)
+    b = world.make_dataset(50, seed=3)
+    c = world.make_dataset(50, seed=4)
+    assert np.array_equal(a[0], b[0]) and a[3] == b[3]
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == (50, 32, 32, 3) and a[0].dtype == np.uint8
+
+
+def test_world_size_and_caption_mix():
+    assert len(world.SHAPE_NAMES) >= 10 and len(world.COLOR_NAMES) >= 6
+    assert len(set(world.SYNONYMS)) == len(world.SYNONYMS) and not set(world.SYNONYMS) & set(world.SHAPE_NAMES)
+    _, shapes, colors, caps = world.make_dataset(4000, seed=0)
+    syn = np.mean([world.SHAPES[world.SHAPE_NAMES[s]] in c.split() for s, c in zip(shapes, caps)])
+    assert 0.2 < syn < 0.3
+    assert all(c.split()[-1] in (world.SHAPE_NAMES[s], world.SHAPES[world.SHAPE_NAMES[s]]) for s, c in zip(shapes, caps))
+    with_color = np.mean([world.COLOR_NAMES[k] in c for k, c in zip(colors, caps)])
+    assert 0.5 < with_color < 0.75
+    assert "an orange" in " ".join(caps) and " a orange" not in " ".join(caps)
+
+
+def test_color_oracle_on_real_images():
+    images, _, colors, _ = world.make_dataset(600, seed=11)
+    assert (world.color_oracle(images) == colors).mean() >= 0.98
+
+
+def test_images_differ_between_classes():
+    """Mean images per class differ: the classes are visually distinct."""
+    images, shapes, _, _ = world.make_dataset(2000, seed=5)
+    gray = images.mean(-1)
+    means = np.stack([gray[shapes == k].mean(0) for k in range(len(world.SHAPE_NAMES))])
+    d = ((means[:, None] - means[None]) ** 2).mean((-1, -2))
+    assert (d + np.eye(len(d)) * 1e9).min() > 1.0
+
+
+def test_tokenizer_ids_equal_open_clip(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    from transformers import CLIPTokenizer
+
+    from semu_diffusion.toy.tokenizer import write_clip_tokenizer_files
+
+    write_clip_tokenizer_files(tmp_path, 32)
+    hf = CLIPTokenizer.from_pretrained(tmp_path)
+    oc = open_clip.get_tokenizer("ViT-B-32", context_length=32)
+    caps = world.make_dataset(200, seed=1)[3] + ["A Drawing of an ORANGE   Hexagon!", "a painting in the style of Van Gogh",
+                                                 "nudity, naked person", "über café 123", "x " * 40]
+    a = hf(caps, padding="max_length", max_length=32, truncation=True, return_tensors="pt").input_ids
+    b = oc(caps)
+    eot = 49407
+    for x, y in zip(a, b):
+        n = int((y == eot).nonzero()[0]) + 1  # compare through the end-of-text token
+        assert x[:n].tolist() == y[:n].tolist()
+    assert hf.vocab_size == 49408

@@ -31,13 +31,37 @@ def _pick(v, recipe_section: dict, key: str, default):
     return recipe_section.get(key, default)
 
 
+def _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device):
+    """A closure returning L_g on a fixed small forget batch (fresh graph each call), for Hessian probes."""
+    from . import objectives as O
+    from .trainer import cond_index
+
+    g = torch.Generator("cpu").manual_seed(tcfg.seed + 303)
+    b = min(len(latents), tcfg.batch_size)
+    z0 = latents[:b].to(device)
+    t = torch.randint(0, len(acp), (b,), generator=g).to(device)
+    eps = torch.randn(z0.shape, generator=g).to(device)
+    zt = O.add_noise(z0, eps, t, acp)
+    c = cond_index(forget_cond, torch.arange(b) % len(forget_cond["hidden"]))
+    u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+
+    def loss_fn():
+        from .trainer import cond_cat, unet_eps
+
+        e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
+        return O.forget_gradient_loss(*e.chunk(2), eps, tcfg.guidance_w)
+
+    return loss_fn
+
+
 def erase(concept: str, model: str = "toy", anchor: str | None = None, method: str = "semu", out: str | Path | None = None,
           steps: int | None = None, lr: float | None = None, tau: float | None = None, r_max: int | None = None,
           r_min: int | None = None, project: bool | None = None, conv_mode: str = "flat", batch_size: int | None = None,
           grad_accum: int = 1, forget_n: int | None = None, forget_prompts: str | None = None, kind: str | None = None,
           retain_weight: float | None = None, mixed_precision: str = "no", device: str | None = None, seed: int = 0,
           preset: str | None = None, targets: str | None = None, resolution: int | None = None,
-          curriculum: bool = False, method_options: dict | None = None, pipe=None, progress: bool = True,
+          curriculum: bool = False, method_options: dict | None = None, gen_steps: int | None = None, pipe=None,
+          progress: bool = True,
           log=print) -> EraseResult:
     """Erase ``concept`` from ``model`` with ``method`` and write the delta to ``out`` (if given).
 
@@ -56,7 +80,11 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     stage["load"] = time.time() - t0
     unet = pipe.unet
     recipe = recipe_for(unet.config, preset)
-    S, T, G = recipe.semu, recipe.train, recipe.generate
+    S, G = recipe.semu, recipe.generate
+    T = dict(recipe.train)
+    mdef = dict(recipe.methods.get(method, {}))
+    T.update({k: mdef.pop(k) for k in list(mdef) if k in ("steps", "lr", "batch_size", "forget_n", "retain_weight")})
+    method_options = {**mdef, **(method_options or {})}
     plan = plan_concept(concept, anchor=anchor, kind=kind, prompts_file=forget_prompts,
                         default_object_anchors=recipe.train.get("object_anchors"))
     if model_id == "toy":
@@ -74,9 +102,13 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
                        grad_accum=grad_accum, forget_n=_pick(forget_n, T, "forget_n", 16),
                        retain_weight=_pick(retain_weight, T, "retain_weight", 0.0), mixed_precision=mixed_precision,
                        seed=seed, curriculum=curriculum)
-    m = get_method(method)(mcfg, **(method_options or {}))
+    m = get_method(method)(mcfg, **method_options)
     if m.objective == "esd":
         tcfg.objective = "esd"
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state:  # a previous erase() in this process may have used another precision
+        AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=(device == "cpu"),
                               gradient_accumulation_steps=1)
     log(f"semu-erase: concept={plan.concept!r} kind={plan.kind} anchor={plan.anchor!r} method={method} "
@@ -94,14 +126,14 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     n = tcfg.forget_n
     prompts = [plan.forget_prompts[i % len(plan.forget_prompts)] for i in range(n)]
     with accelerator.autocast():
-        latents = generate(pipe, prompts, [seed * 100003 + i for i in range(n)], steps=G.get("steps", 25),
+        latents = generate(pipe, prompts, [seed * 100003 + i for i in range(n)], steps=gen_steps or G.get("steps", 25),
                            guidance_scale=G.get("guidance_scale", 7.5), output_type="latent", progress=progress,
                            desc="forget set", batch_size=max(1, min(64, n)), height=res)
     retain_latents = retain_cond = None
     if tcfg.retain_weight > 0:
         rprompts = [plan.anchor_prompts[i % len(plan.anchor_prompts)] for i in range(n)]
         with accelerator.autocast():
-            retain_latents = generate(pipe, rprompts, [seed * 100003 + 7 + i for i in range(n)], steps=G.get("steps", 25),
+            retain_latents = generate(pipe, rprompts, [seed * 100003 + 7 + i for i in range(n)], steps=gen_steps or G.get("steps", 25),
                                       guidance_scale=G.get("guidance_scale", 7.5), output_type="latent",
                                       progress=progress, desc="retain set", height=res)
         retain_cond = anchor_cond
@@ -127,7 +159,8 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
         torch.cuda.synchronize()
     unet_params = sum(p.numel() for p in unet.parameters())
     base_fp = fingerprint(unet, names)
-    params = m.setup(unet, names, grads)
+    loss_fn = _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device) if m.needs_loss_fn else None
+    params = m.setup(unet, names, grads, loss_fn=loss_fn)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     stage["setup"] = time.time() - t0
@@ -157,7 +190,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
         "project": mcfg.project, "conv_mode": mcfg.conv_mode, "ranks": delta.ranks, "steps": tcfg.steps, "lr": tcfg.lr,
         "batch_size": tcfg.batch_size, "forget_n": tcfg.forget_n, "seed": seed, "mixed_precision": mixed_precision,
         "forget_prompts": plan.forget_prompts, "anchor_prompts": plan.anchor_prompts, "curriculum": curriculum,
-        "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")},
+        "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")}, "method_options": method_options,
     }
     t0 = time.time()
     path = save_delta(out, delta, prov) if out else None

@@ -184,7 +184,11 @@ def load_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: str 
     validate_delta(pipe.unet, delta, prov, path)
     name = adapter_name or f"semu_{Path(path).stem}"
     if delta.lora:
-        pipe.load_lora_weights(str(path), adapter_name=name)
+        if delta.dense:  # diffusers refuses files with non-LoRA keys: hand it the LoRA part only
+            src = {f"{PREFIX}{n}.{k}.weight": t for n, (B, A) in delta.lora.items() for k, t in (("lora_A", A), ("lora_B", B))}
+        else:
+            src = str(path)
+        pipe.load_lora_weights(src, adapter_name=name)
         pipe.set_adapters([name], adapter_weights=[float(strength)])
     if delta.dense:
         apply_dense(pipe.unet, delta, strength)

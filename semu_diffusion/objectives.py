@@ -12,16 +12,11 @@ def add_noise(z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumpr
     return a.sqrt() * z0 + (1 - a).sqrt() * eps
 
 
-def guided_score(unet, zt, t, cond, uncond, w: float = DEFAULT_GUIDANCE_W) -> torch.Tensor:
-    """(1+w) eps(z_t|c) - w eps(z_t|empty), one UNet call on the doubled batch."""
-    e = unet(torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([cond, uncond])).sample
-    ec, eu = e.chunk(2)
-    return (1 + w) * ec - w * eu
-
-
-def forget_gradient_loss(unet, zt, t, eps, cond, uncond, w: float = DEFAULT_GUIDANCE_W) -> torch.Tensor:
-    """L_g = -||eps - guided score||^2 (mean over the batch): its gradient points towards forgetting."""
-    return -F.mse_loss(guided_score(unet, zt, t, cond, uncond, w).float(), eps.float(), reduction="mean")
+def forget_gradient_loss(e_cond: torch.Tensor, e_uncond: torch.Tensor, eps: torch.Tensor, w: float = DEFAULT_GUIDANCE_W,
+                         reduction: str = "mean") -> torch.Tensor:
+    """L_g = -||eps - ((1+w) eps(z_t|c) - w eps(z_t|empty))||^2: its gradient points towards forgetting."""
+    guided = (1 + w) * e_cond.float() - w * e_uncond.float()
+    return -F.mse_loss(guided, eps.float(), reduction=reduction)
 
 
 def remap_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ class Recipe:
     semu: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     generate: dict = field(default_factory=dict)
+    methods: dict = field(default_factory=dict)  # per-method overrides of [train] and method options
     config: str | None = None
     path: Path | None = None
 
@@ -50,7 +51,8 @@ def load_recipe(path: str | Path) -> Recipe:
     t = d.get("targets", {})
     return Recipe(family=d["model"]["family"], match=d.get("match", {}), include=list(t.get("include", [])),
                   exclude=list(t.get("exclude", [])), semu=d.get("semu", {}), train=d.get("train", {}),
-                  generate=d.get("generate", {}), config=d["model"].get("config"), path=p)
+                  generate=d.get("generate", {}), methods=d.get("methods", {}), config=d["model"].get("config"),
+                  path=p)
 
 
 def all_recipes(recipes_dir: Path = RECIPES_DIR) -> dict[str, Recipe]:

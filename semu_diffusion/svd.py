@@ -36,15 +36,7 @@ def select_rank(S: torch.Tensor, tau: float, r_min: int = 1, r_max: int | None =
     """
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
-    e = S.double() ** 2
-    total = e.sum()
-    if total <= 0:
-        r = 0
-    else:
-        cum = torch.cumsum(e, 0) / total
-        r = int((cum <= tau + 1e-12).sum().item())
-    hi = len(S) if r_max is None else min(r_max, len(S))
-    return int(max(min(r, hi), min(r_min, len(S))))
+    return _rank_from_energy(S, (S.double() ** 2).sum(), tau, r_min, r_max)
 
 
 def flatten_weight(t: torch.Tensor) -> torch.Tensor:
@@ -53,12 +45,17 @@ def flatten_weight(t: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_subspaces(grads: dict[str, torch.Tensor], tau: float = 0.95, r_min: int = 1, r_max: int | None = None,
-                       weights: dict[str, torch.Tensor] | None = None, device: str | torch.device | None = None
-                       ) -> dict[str, Subspace]:
-    """SVD of every forget gradient (flattened to 2-D), batched by shape, in float32.
+                       weights: dict[str, torch.Tensor] | None = None, device: str | torch.device | None = None,
+                       solver: str = "auto", seed: int = 0) -> dict[str, Subspace]:
+    """SVD of every forget gradient (flattened to 2-D) in float32, layers of equal shape in one batched call.
 
     ``weights``: if given, each G is first projected orthogonally to its W.
+    ``solver``: "full" (exact thin SVD), "lowrank" (randomized top-(r_max + 8) SVD with power iterations; the total
+    energy is the exact ||G||_F^2, so rank selection is unchanged whenever r <= r_max), or "auto" (lowrank when
+    r_max is set and small against the matrix size).
     """
+    if solver not in ("auto", "full", "lowrank"):
+        raise ValueError("solver must be auto, full or lowrank")
     groups: dict[tuple, list[str]] = {}
     for name, g in grads.items():
         groups.setdefault(tuple(flatten_weight(g).shape), []).append(name)
@@ -71,14 +68,36 @@ def gradient_subspaces(grads: dict[str, torch.Tensor], tau: float = 0.95, r_min:
                 g = project_orthogonal(g.float(), weights[n].float().to(g.device))
             mats.append(flatten_weight(g).float().to(device or g.device))
         batch = torch.stack(mats)
-        U, S, Vh = torch.linalg.svd(batch, full_matrices=False)
+        q = (r_max or 0) + 8
+        use_low = solver == "lowrank" or (solver == "auto" and r_max is not None and q * 4 <= min(shape))
+        if use_low:
+            devs = [batch.device] if batch.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devs):  # seeded, without touching the caller's RNG
+                torch.manual_seed(seed)
+                U, S, V = torch.svd_lowrank(batch, q=min(q, min(shape)), niter=4)
+            total = batch.pow(2).sum((-1, -2)).double()
+        else:
+            U, S, Vh = torch.linalg.svd(batch, full_matrices=False)
+            V = Vh.transpose(-1, -2)
+            total = (S.double() ** 2).sum(-1)
         for i, n in enumerate(names):
-            r = select_rank(S[i], tau, r_min, r_max)
-            e = S[i].double() ** 2
-            energy = float(e[:r].sum() / e.sum()) if e.sum() > 0 else 0.0
-            out[n] = Subspace(U=U[i, :, :r].contiguous(), V=Vh[i, :r, :].T.contiguous(), S=S[i, :r].clone(), rank=r,
+            r = _rank_from_energy(S[i], total[i], tau, r_min, r_max)
+            e = S[i, :r].double() ** 2
+            energy = float(e.sum() / total[i]) if total[i] > 0 else 0.0
+            out[n] = Subspace(U=U[i, :, :r].contiguous(), V=V[i, :, :r].contiguous(), S=S[i, :r].clone(), rank=r,
                               energy=energy)
     return out
+
+
+def _rank_from_energy(S: torch.Tensor, total: torch.Tensor, tau: float, r_min: int, r_max: int | None) -> int:
+    """select_rank with an externally known total energy (the leading S may be a truncated spectrum)."""
+    if total <= 0:
+        r = 0
+    else:
+        cum = torch.cumsum(S.double() ** 2, 0) / total
+        r = int((cum <= tau + 1e-12).sum().item())
+    hi = len(S) if r_max is None else min(r_max, len(S))
+    return int(max(min(r, hi), min(r_min, len(S))))
 
 
 def per_channel_subspaces(G: torch.Tensor, tau: float = 0.95, r_min: int = 1, r_max: int | None = None

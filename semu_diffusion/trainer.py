@@ -153,9 +153,8 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
             u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
             with autocast():
                 e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
-            ec, eu = e.float().chunk(2)
-            guided = (1 + cfg.guidance_w) * ec - cfg.guidance_w * eu
-            loss = -torch.nn.functional.mse_loss(guided, eps.float(), reduction="sum") / n
+            ec, eu = e.chunk(2)
+            loss = O.forget_gradient_loss(ec, eu, eps, cfg.guidance_w, reduction="sum") / n
             loss.backward()
         grads = {k: p.grad.detach().float().clone() for k, p in params.items()}
     finally:

@@ -78,3 +78,19 @@ def test_layers_train_only_R_and_start_at_zero():
     net[0].R.data.fill_(0.3)
     assert not torch.allclose(net[0](x1), y0)
     assert layers["0"].delta_weight().shape == (5, 6)
+
+
+def test_lowrank_solver_matches_full_svd():
+    g = torch.Generator().manual_seed(5)
+    grads = {f"c{i}": (torch.randn(64, 4, generator=g) * torch.tensor([8.0, 4.0, 2.0, 1.0])) @ torch.randn(4, 9 * 32, generator=g)
+             + 0.01 * torch.randn(64, 9 * 32, generator=g) for i in range(3)}
+    full = gradient_subspaces(grads, tau=0.9, r_max=6, solver="full")
+    low = gradient_subspaces(grads, tau=0.9, r_max=6, solver="lowrank")
+    state = torch.random.get_rng_state()
+    gradient_subspaces(grads, tau=0.9, r_max=6, solver="auto")
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is untouched
+    for n in grads:
+        assert full[n].rank == low[n].rank
+        assert full[n].energy == pytest.approx(low[n].energy, rel=1e-4)
+        P1, P2 = full[n].U @ full[n].U.T, low[n].U @ low[n].U.T
+        assert torch.allclose(P1, P2, atol=1e-3)

@@ -71,7 +71,10 @@ class Method:
         """Weights whose forget gradient the method needs (the target modules by default)."""
         return targets
 
-    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None) -> list[nn.Parameter]:
+    needs_loss_fn: bool = False  # setup() gets a closure returning a fresh forget loss (for Hessian estimates)
+
+    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None
+              ) -> list[nn.Parameter]:
         """Prepare ``unet`` for training and return the trainable parameters."""
         raise NotImplementedError
 

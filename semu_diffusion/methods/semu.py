@@ -14,7 +14,8 @@ from .base import Delta, Method
 class SEMU(Method):
     needs_gradient = True
 
-    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None) -> list[nn.Parameter]:
+    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None
+              ) -> list[nn.Parameter]:
         c = self.config
         if grads is None:
             raise ValueError("SEMU needs the forget gradient")

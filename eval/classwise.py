@@ -1,0 +1,123 @@
+"""Class-wise forgetting benchmark on the toy world: every method erases every class, evaluated with the
+semu-eval protocol on all classes and on the synonym prompts.
+
+    python eval/classwise.py                               # all classes x all methods (long on CPU)
+    python eval/classwise.py --classes triangle,star,heart --methods semu,esd-x --per-prompt 10
+
+Writes eval/results/classwise.json (every number, resumable: finished (method, class) pairs are skipped) and
+eval/results/classwise.md (one row per method: means over classes, worst class in brackets).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", default=None, help="comma-separated toy classes (default: all)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
+    p.add_argument("--per-prompt", type=int, default=20)
+    p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
+    p.add_argument("--work-dir", default=str(ROOT / "runs" / "classwise"))
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tqdm.auto import tqdm
+
+    from semu_diffusion import erase
+    from semu_diffusion.cli import _quiet_libraries
+    from semu_diffusion.evaluate import EvalConfig, run_eval
+    from semu_diffusion.loading import load_pipeline
+    from semu_diffusion.methods import available_methods
+    from semu_diffusion.toy import world
+
+    _quiet_libraries()
+    classes = a.classes.split(",") if a.classes else list(world.SHAPE_NAMES)
+    methods = a.methods.split(",") if a.methods else available_methods()
+    out, work = Path(a.out_dir), Path(a.work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (work / "deltas").mkdir(parents=True, exist_ok=True)
+    res_path = out / "classwise.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    results.setdefault("runs", {})
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    results["per_prompt"] = a.per_prompt
+    pipe = load_pipeline("toy")
+    pairs = [(m, c) for m in methods for c in classes if f"{m}/{c}" not in results["runs"]]
+    bar = tqdm(pairs, desc="classwise", dynamic_ncols=True)
+    base_cache = {}
+    for m, c in bar:
+        bar.set_postfix(method=m, cls=c)
+        delta = work / "deltas" / f"{m}-{c}.safetensors"
+        t0 = time.time()
+        r = erase(c, pipe=pipe, method=m, out=delta, seed=a.seed, progress=False, log=lambda *x: None)
+        erase_s = time.time() - t0
+        rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms"],
+                                  per_prompt=a.per_prompt, out=str(work / f"eval-{c}"), forget_label=c, seed=a.seed),
+                       log=lambda *x: None)
+        v = delta.stem
+        cl, syn = rep["results"]["toy_classes"], rep["results"]["toy_synonyms"]
+        base_cache[c] = {"UA": cl["base"]["UA"], "RA": cl["base"]["RA"], "UA_syn": syn["base"]["UA"],
+                         "fd_real": cl["base"].get("fd_clip_retained_vs_real"), "clip_score": cl["base"].get("clip_score_retained")}
+        results.setdefault("base", {})[c] = base_cache[c]
+        results["runs"][f"{m}/{c}"] = {
+            "method": m, "class": c, "UA": cl[v]["UA"], "RA": cl[v]["RA"], "UA_syn": syn[v]["UA"],
+            "fd_real": cl[v].get("fd_clip_retained_vs_real"), "fd_base": cl[v].get("fd_clip_retained_vs_base"),
+            "clip_score": cl[v].get("clip_score_retained"), "trainable_frac": r.stats["trainable_frac"],
+            "delta_bytes": r.stats["delta_bytes"], "erase_seconds": erase_s, "per_label_accuracy": cl[v]["per_label_accuracy"],
+        }
+        tmp = res_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, res_path)
+    md = table(results, methods, classes)
+    (out / "classwise.md").write_text(md)
+    print(md)
+
+
+def table(results: dict, methods: list[str], classes: list[str]) -> str:
+    import numpy as np
+
+    def agg(vals, worst):
+        v = [x for x in vals if x is not None]
+        if not v:
+            return "-"
+        w = min(v) if worst == "min" else max(v)
+        return f"{np.mean(v):.3f} [{w:.3f}]"
+
+    base = results.get("base", {})
+    lines = [f"# Class-wise forgetting on the toy world ({results['per_prompt']} images per prompt, classes: "
+             f"{', '.join(classes)})", "",
+             f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs. Means over classes, worst "
+             "class in brackets. UA = 1 - accuracy on the erased class, RA = accuracy on the other classes.", "",
+             "| method | UA | UA synonyms | RA | RA drop vs base | FD-CLIP vs real | FD-CLIP vs base | CLIP score | trainable share | delta MB | erase s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if base:
+        bs = [base[c] for c in classes if c in base]
+        lines.append(f"| base | {agg([b['UA'] for b in bs], 'min')} | {agg([b['UA_syn'] for b in bs], 'min')} | "
+                     f"{agg([b['RA'] for b in bs], 'min')} | - | {agg([b['fd_real'] for b in bs], 'max')} | - | "
+                     f"{agg([b['clip_score'] for b in bs], 'min')} | - | - | - |")
+    for m in methods:
+        rs = [results["runs"].get(f"{m}/{c}") for c in classes]
+        rs = [r for r in rs if r]
+        if not rs:
+            continue
+        drop = [base[r["class"]]["RA"] - r["RA"] for r in rs if r["class"] in base]
+        lines.append(f"| {m} | {agg([r['UA'] for r in rs], 'min')} | {agg([r['UA_syn'] for r in rs], 'min')} | "
+                     f"{agg([r['RA'] for r in rs], 'min')} | {agg(drop, 'max')} | {agg([r['fd_real'] for r in rs], 'max')} | "
+                     f"{agg([r['fd_base'] for r in rs], 'max')} | {agg([r['clip_score'] for r in rs], 'min')} | "
+                     f"{agg([r['trainable_frac'] for r in rs], 'max')} | {np.mean([r['delta_bytes'] for r in rs]) / 1e6:.2f} | "
+                     f"{np.mean([r['erase_seconds'] for r in rs]):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

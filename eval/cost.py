@@ -1,0 +1,231 @@
+"""Cost of erasure at real scale: per-stage time, peak memory, trainable parameters and delta size of a SEMU
+run, and the training-step time of rival methods as ratios to SEMU measured in the same run.
+
+Full-size architectures (sd15, sd21, sdxl) are built from the real public configs in pipelines/configs with
+random weights: cost does not depend on weight values.
+
+    python eval/cost.py --arch toy
+    python eval/cost.py --arch sd15 --resolution 256 --steps 4 --forget-n 2 --gen-steps 4
+    python eval/cost.py --arch sd15 --device cuda --mixed-precision bf16 --resolution 512
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_times(pipe, methods: list[str], device: str, mixed_precision: str, resolution: int, repeats: int, iters: int,
+               log=print) -> dict:
+    """Median seconds per training step (forward + backward + Adam) for each method, alternating methods."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from semu_diffusion import objectives as O
+    from semu_diffusion.methods import MethodConfig, get_method
+    from semu_diffusion.recipes import recipe_for, select_targets
+    from semu_diffusion.trainer import Conditioner, cast_frozen, forget_gradient, restore_frozen, unet_eps
+
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu")
+    unet = pipe.unet
+    rec = recipe_for(unet.config)
+    names = select_targets(unet, rec.include, rec.exclude)
+    cond = Conditioner(pipe, device).embed(["a photo of a thing"])
+    unc = Conditioner(pipe, device).embed([""])
+    h = resolution // pipe.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(0)
+    z0 = torch.randn(1, unet.config.in_channels, h, h, generator=g).to(device)
+    target = torch.randn(z0.shape, generator=g).to(device)
+    t = torch.tensor([500], device=device)
+    acp = pipe.scheduler.alphas_cumprod.to(device)
+    zt = O.add_noise(z0, torch.randn(z0.shape, generator=g).to(device), t, acp)
+    from semu_diffusion.trainer import TrainConfig
+
+    need = sorted({n for m in methods for n in get_method(m)(MethodConfig()).gradient_targets(unet, names)}
+                  | set(names))
+    t0 = time.time()
+    grads = forget_gradient(unet, z0.cpu(), acp, cond, unc, need, TrainConfig(batch_size=1, forget_n=1), device,
+                            acc.autocast, progress=False)
+    grad_seconds = time.time() - t0
+    cfg = MethodConfig(tau=rec.semu.get("tau", 0.95), r_max=rec.semu.get("r_max"))
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    info: dict[str, dict] = {}
+    for rep in range(repeats):
+        for m in methods:
+            meth = get_method(m)(cfg)
+            params = meth.setup(unet, names, grads)
+            saved = cast_frozen(unet, dtype) if dtype else {}
+            opt = torch.optim.Adam(params, lr=1e-6)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                for k in range(iters + 1):  # first iteration warms up (allocations, Adam state)
+                    sync(device)
+                    s = time.time()
+                    with acc.autocast():
+                        loss = O.remap_loss(unet_eps(unet, zt, t, cond), target)
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    sync(device)
+                    if k > 0:
+                        times[m].append(time.time() - s)
+                info[m] = {"trainable_params": meth.trainable_numel(),
+                           "cuda_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None}
+            finally:
+                del opt
+                restore_frozen(unet, saved)
+                meth.restore(unet)
+            log(f"  rep {rep + 1}/{repeats} {m}: {statistics.median(times[m][-iters:]):.3f} s/step")
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {"median_step_seconds": med, "ratio_to_semu": {m: med[m] / med["semu"] for m in methods},
+            "all_step_seconds": times, "methods_info": info, "gradient_all_weights_seconds": grad_seconds,
+            "repeats": repeats, "iters": iters}
+
+
+def svd_stage(pipe, device: str, repeats: int = 3) -> dict:
+    """Time of the SVD + rank-selection stage over the full target set (gradient values do not change the cost)."""
+    from semu_diffusion.recipes import recipe_for, select_targets
+    from semu_diffusion.svd import gradient_subspaces
+
+    unet = pipe.unet
+    rec = recipe_for(unet.config)
+    names = select_targets(unet, rec.include, rec.exclude)
+    g = torch.Generator("cpu").manual_seed(1)
+    grads = {n: torch.randn(unet.get_submodule(n).weight.shape, generator=g).to(device) for n in names}
+    weights = {n: unet.get_submodule(n).weight.detach().float() for n in names}
+    out = {}
+    for solver in ("auto", "full") if device.startswith("cuda") or len(names) < 100 else ("auto",):
+        ts = []
+        for _ in range(repeats):
+            sync(device)
+            s = time.time()
+            subs = gradient_subspaces(grads, rec.semu.get("tau", 0.95), 1, rec.semu.get("r_max"), weights=weights,
+                                      device=device, solver=solver)
+            sync(device)
+            ts.append(time.time() - s)
+        out[solver] = {"seconds_median": statistics.median(ts), "seconds": ts,
+                       "rank_sum": sum(s.rank for s in subs.values()), "layers": len(names)}
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=["toy", "sd15", "sd21", "sdxl"], default="toy")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="SEMU training steps (default: the recipe's)")
+    p.add_argument("--forget-n", type=int, default=None)
+    p.add_argument("--gen-steps", type=int, default=None, help="sampler steps for the forget set (default: recipe's)")
+    p.add_argument("--methods", default="semu,full,salun,esd-x")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
+    p.add_argument("--skip-e2e", action="store_true")
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from semu_diffusion.cli import _quiet_libraries
+
+    _quiet_libraries()
+    from semu_diffusion import erase
+
+    t_build = time.time()
+    if a.arch == "toy":
+        from semu_diffusion.loading import load_pipeline
+
+        pipe = load_pipeline("toy", device=a.device)
+    else:
+        from semu_diffusion.fullsize import build_random_pipeline
+
+        pipe = build_random_pipeline(a.arch, device=a.device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.semu_model_id = f"random-{a.arch}"
+    build_seconds = time.time() - t_build
+    res = a.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    report = {"arch": a.arch, "device": a.device, "mixed_precision": a.mixed_precision, "resolution": res,
+              "unet_params": sum(p.numel() for p in pipe.unet.parameters()), "build_seconds": build_seconds,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None}}
+    print(f"[cost] {a.arch} on {a.device} ({a.mixed_precision}), {res}px, UNet {report['unet_params'] / 1e6:.1f}M params")
+    if not a.skip_e2e:
+        if a.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        with tempfile.TemporaryDirectory() as td:
+            r = erase("a red apple" if a.arch != "toy" else "triangle", pipe=pipe, out=Path(td) / "d.safetensors",
+                      steps=a.steps, forget_n=a.forget_n, mixed_precision=a.mixed_precision, device=a.device,
+                      resolution=res, gen_steps=a.gen_steps, progress=False)
+        s = r.stats
+        report["semu_end_to_end"] = {k: s[k] for k in ("stage_seconds", "seconds", "trainable_params", "trainable_frac",
+                                                         "delta_bytes", "step_seconds", "layers", "rank_mean", "rank_max")}
+        report["semu_end_to_end"]["steps"] = r.provenance["steps"]
+        report["semu_end_to_end"]["forget_n"] = r.provenance["forget_n"]
+        report["semu_end_to_end"]["cuda_max_allocated_gb"] = s.get("cuda_max_allocated_gb")
+        report["semu_end_to_end"]["cpu_peak_rss_gb"] = rss_gb()
+        print(f"[cost] SEMU end to end: {s['seconds']:.1f} s, stages {s['stage_seconds']}, delta {s['delta_bytes'] / 1e6:.2f} MB")
+    report["svd_stage"] = svd_stage(pipe, a.device)
+    print(f"[cost] SVD stage: {json.dumps(report['svd_stage'])}")
+    methods = [m for m in a.methods.split(",") if m]
+    if "semu" not in methods:
+        methods = ["semu"] + methods
+    report["train_step"] = step_times(pipe, methods, a.device, a.mixed_precision, res, a.repeats, a.iters)
+    report["cpu_peak_rss_gb"] = rss_gb()
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"cost-{a.arch}-{a.device.split(':')[0]}"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    md = markdown(report)
+    (out / f"{name}.md").write_text(md)
+    print(md)
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# Cost: {r['arch']} on {r['device']} ({r['mixed_precision']}, {r['resolution']} px)", "",
+             f"UNet parameters: {r['unet_params']:,}. Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs"
+             f"{', GPU ' + r['machine']['gpu'] if r['machine']['gpu'] else ''}, torch {r['machine']['torch']}.", ""]
+    e = r.get("semu_end_to_end")
+    if e:
+        lines += ["## SEMU end to end", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in e["stage_seconds"].items()]
+        lines += [f"| **total** | **{e['seconds']:.2f}** |", "",
+                  f"{e['steps']} training steps ({e['step_seconds']:.3f} s/step), forget set of {e['forget_n']} latents, "
+                  f"{e['layers']} layers, mean rank {e['rank_mean']:.1f}, trainable {e['trainable_params']:,} "
+                  f"({100 * e['trainable_frac']:.4f}% of the UNet), delta {e['delta_bytes'] / 1e6:.2f} MB, "
+                  f"peak CPU RSS {e['cpu_peak_rss_gb']:.1f} GB"
+                  + (f", CUDA max allocated {e['cuda_max_allocated_gb']:.1f} GB" if e.get("cuda_max_allocated_gb") else "") + ".", ""]
+    lines += ["## SVD stage (full target set)", "", "| solver | layers | median s | sum of ranks |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['layers']} | {v['seconds_median']:.3f} | {v['rank_sum']} |" for k, v in r["svd_stage"].items()]
+    t = r["train_step"]
+    lines += ["", f"## Training step, median of {t['repeats']} alternating repeats x {t['iters']} steps", "",
+              "| method | s/step | ratio to semu | trainable params |", "|---|---|---|---|"]
+    for m, v in t["median_step_seconds"].items():
+        lines.append(f"| {m} | {v:.4f} | {t['ratio_to_semu'][m]:.2f} | {t['methods_info'][m]['trainable_params']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

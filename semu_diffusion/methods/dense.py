@@ -1,0 +1,161 @@
+"""The rival methods, trained on dense (optionally masked) weights with the same harness and objective:
+
+- ``full``:  plain fine-tuning of the SEMU target layers (the cost upper bound).
+- ``salun``: weight saliency: the top ``salun_share`` (default 50%) of |forget gradient| over all UNet
+  Linear/Conv2d weights, ranked globally; masked fine-tuning with the remap objective.
+- ``esd-x`` / ``esd-u``: ESD's negative-guidance target on cross-attention weights (x) or on every other
+  Linear/Conv2d weight (u).
+- ``sap``:   sharpness-aware selection: the top ``sap_share`` (default 5%) of the Hessian diagonal of the forget
+  loss over the target layers, estimated with ``sap_probes`` Hutchinson probes (Rademacher v, diag ~ v * Hv).
+
+Their deltas are dense (``W - W0`` of every touched module) and load with ``semu_diffusion.load_delta`` only.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+
+from . import register
+from .base import Delta, Method
+
+CROSS_ATTN = re.compile(r"\.attn2\.")
+
+
+def _weights(unet: nn.Module, pred) -> list[str]:
+    return [n for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and pred(n)]
+
+
+class DenseMethod(Method):
+    """Trains the ``weight`` of chosen modules, with an optional elementwise mask on the update."""
+
+    lr_scale: float = 1.0
+
+    def modules(self, unet: nn.Module, targets: list[str]) -> list[str]:
+        return targets
+
+    def masks(self, unet: nn.Module, names: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None
+              ) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def gradient_targets(self, unet: nn.Module, targets: list[str]) -> list[str]:
+        return self.modules(unet, targets) if self.needs_gradient else []
+
+    def setup(self, unet, targets, grads, loss_fn=None):
+        names = self.modules(unet, targets)
+        self.names = names
+        self.w0 = {n: unet.get_submodule(n).weight.detach().to("cpu", torch.float32, copy=True) for n in names}
+        mask = self.masks(unet, names, grads, loss_fn)
+        self.mask = mask
+        self.hooks = []
+        params = []
+        for n in names:
+            w = unet.get_submodule(n).weight
+            w.requires_grad_(True)
+            params.append(w)
+            if mask is not None:
+                m = mask[n].to(w.device, w.dtype)
+                self.hooks.append(w.register_hook(lambda g, m=m: g * m))
+        total = sum(p.numel() for p in params)
+        chosen = int(sum(int(mask[n].sum()) for n in names)) if mask is not None else total
+        self.info = {"trainable_params": chosen, "modules": len(names), "masked": mask is not None}
+        return params
+
+    @torch.no_grad()
+    def export(self, unet: nn.Module) -> Delta:
+        d = Delta(format="dense")
+        for n in self.names:
+            w = unet.get_submodule(n).weight.detach().float().cpu()
+            d.dense[n] = (w - self.w0[n]).contiguous()
+        return d
+
+    @torch.no_grad()
+    def restore(self, unet: nn.Module) -> None:
+        for h in self.hooks:
+            h.remove()
+        for n in self.names:
+            w = unet.get_submodule(n).weight
+            w.requires_grad_(False)
+            w.copy_(self.w0[n].to(w.device, w.dtype))
+
+
+def top_share_mask(scores: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    """Global top-``share`` mask over all entries of all score tensors (ties broken by the threshold)."""
+    if not 0 < share <= 1:
+        raise ValueError("the selected share must be in (0, 1]")
+    flat = torch.cat([s.reshape(-1).float().cpu() for s in scores.values()])
+    k = max(1, int(round(share * flat.numel())))
+    thr = torch.topk(flat, k, sorted=False).values.min()
+    return {n: (s.float().cpu() >= thr).to(torch.float32) for n, s in scores.items()}
+
+
+@register("full")
+class Full(DenseMethod):
+    needs_gradient = False
+
+
+@register("salun")
+class SalUn(DenseMethod):
+    needs_gradient = True
+
+    def modules(self, unet, targets):
+        return _weights(unet, lambda n: True)
+
+    def masks(self, unet, names, grads, loss_fn=None):
+        share = float(self.options.get("salun_share", 0.5))
+        return top_share_mask({n: grads[n].abs() for n in names}, share)
+
+
+@register("esd-x")
+class ESDx(DenseMethod):
+    needs_gradient = False
+    objective = "esd"
+
+    def modules(self, unet, targets):
+        return _weights(unet, lambda n: bool(CROSS_ATTN.search(n)))
+
+
+@register("esd-u")
+class ESDu(DenseMethod):
+    needs_gradient = False
+    objective = "esd"
+
+    def modules(self, unet, targets):
+        return _weights(unet, lambda n: not CROSS_ATTN.search(n))
+
+
+@register("sap")
+class SAP(DenseMethod):
+    needs_gradient = False
+    needs_loss_fn = True
+
+    def masks(self, unet, names, grads, loss_fn=None):
+        if loss_fn is None:
+            raise ValueError("sap needs a forget-loss closure for its Hessian estimate")
+        share = float(self.options.get("sap_share", 0.05))
+        probes = int(self.options.get("sap_probes", 4))
+        return top_share_mask(hutchinson_diagonal(unet, names, loss_fn, probes), share)
+
+
+def hutchinson_diagonal(unet: nn.Module, names: list[str], loss_fn, probes: int = 4, seed: int = 0
+                        ) -> dict[str, torch.Tensor]:
+    """|diag(H)| of loss_fn() w.r.t. the named weights: mean over Rademacher v of |v * (H v)|."""
+    ws = [unet.get_submodule(n).weight for n in names]
+    req = [w.requires_grad for w in ws]
+    for w in ws:
+        w.requires_grad_(True)
+    g = torch.Generator("cpu").manual_seed(seed)
+    acc = [torch.zeros_like(w, dtype=torch.float32) for w in ws]
+    try:
+        for _ in range(probes):
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, ws, create_graph=True)
+            vs = [(torch.randint(0, 2, w.shape, generator=g) * 2 - 1).to(w.device, w.dtype) for w in ws]
+            hv = torch.autograd.grad(grads, ws, grad_outputs=vs)
+            for a, v, h in zip(acc, vs, hv):
+                a += (v * h).float().abs() / probes
+    finally:
+        for w, r in zip(ws, req):
+            w.requires_grad_(r)
+    return dict(zip(names, acc))

@@ -1,0 +1,121 @@
+"""SEMU erasure end to end on a tiny random pipeline: delta written, base untouched, reproducible, bad input refused."""
+import json
+import os
+
+import pytest
+import torch
+
+from semu_diffusion import erase, load_delta
+from semu_diffusion.cli import erase_main
+from semu_diffusion.delta import read_delta
+from semu_diffusion.trainer import TrainingDiverged
+
+FAST = dict(steps=4, forget_n=4, batch_size=2, progress=False)
+
+
+def _state(unet):
+    return {k: v.clone() for k, v in unet.state_dict().items()}
+
+
+def test_erase_writes_delta_and_leaves_base_untouched(random_pipe, tmp_path):
+    w0 = _state(random_pipe.unet)
+    out = tmp_path / "star.safetensors"
+    res = erase("star", pipe=random_pipe, out=out, log=lambda *a: None, **FAST)
+    s = res.stats
+    assert out.exists() and s["delta_bytes"] == out.stat().st_size
+    assert 0 < s["trainable_params"] and s["trainable_frac"] < 0.01
+    assert s["trainable_params"] == sum(r * r for r in res.delta.ranks.values())
+    assert s["layers"] == len(res.delta.ranks) and s["rank_min"] >= 1
+    for k, v in random_pipe.unet.state_dict().items():
+        assert torch.equal(v, w0[k]), k  # in-memory base restored exactly
+    assert all(type(m).__name__ in ("Linear", "Conv2d", "LoRACompatibleConv") or not hasattr(m, "R")
+               for m in random_pipe.unet.modules())
+    d, prov = read_delta(out)
+    assert prov["method"] == "semu" and prov["concepts"] == ["star"] and prov["anchor"] == "circle"
+    assert prov["base_fingerprint"] and prov["ranks"] == res.delta.ranks
+    assert all(B.dtype == torch.float32 for B, A in d.lora.values())
+    # training moved R: the delta is non-zero
+    assert max(float(B.abs().max()) for B, _ in d.lora.values()) > 0
+    load_delta(random_pipe, out)
+
+
+def test_erase_is_reproducible(random_pipe, tmp_path):
+    a = erase("star", pipe=random_pipe, out=tmp_path / "a.safetensors", seed=3, log=lambda *a: None, **FAST)
+    b = erase("star", pipe=random_pipe, out=tmp_path / "b.safetensors", seed=3, log=lambda *a: None, **FAST)
+    for n in a.delta.lora:
+        assert torch.equal(a.delta.lora[n][0], b.delta.lora[n][0])
+        assert torch.equal(a.delta.lora[n][1], b.delta.lora[n][1])
+
+
+def test_bf16_autocast_keeps_trainable_fp32(random_pipe, tmp_path):
+    w0 = _state(random_pipe.unet)
+    res = erase("star", pipe=random_pipe, out=tmp_path / "bf.safetensors", mixed_precision="bf16",
+                log=lambda *a: None, **FAST)
+    assert res.stats["mixed_precision"] == "bf16"
+    for k, v in random_pipe.unet.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, w0[k]), k
+    assert all(B.dtype == torch.float32 for B, _ in res.delta.lora.values())
+
+
+def test_divergence_stops_without_writing(random_pipe, tmp_path):
+    out = tmp_path / "nan.safetensors"
+    with pytest.raises(TrainingDiverged, match="no delta was written"):
+        erase("star", pipe=random_pipe, out=out, lr=1e25, log=lambda *a: None, **FAST)
+    assert not out.exists()
+
+
+def test_per_channel_conv_mode_writes_dense_updates(random_pipe, tmp_path):
+    out = tmp_path / "pc.safetensors"
+    res = erase("star", pipe=random_pipe, out=out, conv_mode="per-channel", log=lambda *a: None, **FAST)
+    d, prov = read_delta(out)
+    assert d.dense and d.lora  # convs dense, linears LoRA
+    assert all(n.endswith(("to_q", "to_k", "to_v", "to_out.0")) for n in d.lora)
+    w0 = _state(random_pipe.unet)
+    load_delta(random_pipe, out)
+    from semu_diffusion.delta import remove_delta
+
+    remove_delta(random_pipe, out)
+    for k, v in random_pipe.unet.state_dict().items():
+        if "lora" not in k:
+            key = k.replace(".base_layer", "")
+            assert torch.allclose(v, w0[key], atol=1e-6), k
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--concept", "  "], "empty --concept"),
+    (["--concept", "star", "--model", "/nonexistent/model"], "not found"),
+    (["--concept", "star", "--out", "/nonexistent-dir/x.safetensors"], "does not exist"),
+    (["--concept", "star", "--out", "x.bin"], "must end in .safetensors"),
+    (["--concept", "star", "--method", "nope"], "unknown method"),
+])
+def test_cli_bad_input_one_line_error(args, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        erase_main(args + ["--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0] and err[0].startswith("semu-erase: error:")
+    assert not [p for p in os.listdir(tmp_path) if p.endswith((".safetensors", ".tmp"))]
+
+
+def test_cli_unwritable_output(capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions
+        pytest.skip("running as root: permissions are not enforced")
+    with pytest.raises(SystemExit):
+        erase_main(["--concept", "star", "--out", str(ro / "x.safetensors")])
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_cli_json_on_random_folder(random_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "cli.safetensors"
+    erase_main(["--concept", "heart", "--model", str(random_pipeline_dir), "--steps", "3", "--forget-n", "2",
+                "--batch-size", "2", "--out", str(out), "--json", "--quiet"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    s = json.loads(lines[-1])
+    for k in ("trainable_params", "unet_params", "trainable_frac", "delta_bytes", "seconds", "out"):
+        assert k in s
+    assert s["out"] == str(out) and out.exists()
+    assert "trainable" in lines[-2]

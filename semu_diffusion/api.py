@@ -31,6 +31,21 @@ def _pick(v, recipe_section: dict, key: str, default):
     return recipe_section.get(key, default)
 
 
+@torch.no_grad()
+def encode_images(pipe, folder: str | Path, resolution: int, device: str) -> torch.Tensor:
+    """User forget images (png/jpg in a folder) -> scaled VAE latents (mean of the posterior)."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not files:
+        raise ValueError(f"no .png/.jpg images in {folder}: pass a folder of images of the concept")
+    x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((resolution, resolution), Image.BICUBIC)) for f in files])
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device, pipe.vae.dtype)
+    lat = torch.cat([pipe.vae.encode(t[i : i + 16]).latent_dist.mean for i in range(0, len(t), 16)])
+    return (lat * pipe.vae.config.scaling_factor).float().cpu()
+
+
 def _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device):
     """A closure returning L_g on a fixed small forget batch (fresh graph each call), for Hessian probes."""
     from . import objectives as O
@@ -60,7 +75,8 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
           grad_accum: int = 1, forget_n: int | None = None, forget_prompts: str | None = None, kind: str | None = None,
           retain_weight: float | None = None, mixed_precision: str = "no", device: str | None = None, seed: int = 0,
           preset: str | None = None, targets: str | None = None, resolution: int | None = None,
-          curriculum: bool = False, method_options: dict | None = None, gen_steps: int | None = None, pipe=None,
+          curriculum: bool = False, method_options: dict | None = None, gen_steps: int | None = None,
+          forget_images: str | Path | None = None, pipe=None,
           progress: bool = True,
           log=print) -> EraseResult:
     """Erase ``concept`` from ``model`` with ``method`` and write the delta to ``out`` (if given).
@@ -76,7 +92,9 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     t0 = time.time()
     if pipe is None:
         pipe = load_pipeline(model, device=device)
-    model_id = getattr(pipe, "semu_model_id", model)
+        model_id = pipe.semu_model_id
+    else:
+        model_id = getattr(pipe, "semu_model_id", None) or getattr(pipe, "name_or_path", None) or "user-pipeline"
     stage["load"] = time.time() - t0
     unet = pipe.unet
     recipe = recipe_for(unet.config, preset)
@@ -125,10 +143,14 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     t0 = time.time()
     n = tcfg.forget_n
     prompts = [plan.forget_prompts[i % len(plan.forget_prompts)] for i in range(n)]
-    with accelerator.autocast():
-        latents = generate(pipe, prompts, [seed * 100003 + i for i in range(n)], steps=gen_steps or G.get("steps", 25),
-                           guidance_scale=G.get("guidance_scale", 7.5), output_type="latent", progress=progress,
-                           desc="forget set", batch_size=max(1, min(64, n)), height=res)
+    if forget_images:
+        latents = encode_images(pipe, forget_images, res or pipe.unet.config.sample_size * pipe.vae_scale_factor, device)
+        n = tcfg.forget_n = len(latents)
+    else:
+        with accelerator.autocast():
+            latents = generate(pipe, prompts, [seed * 100003 + i for i in range(n)], steps=gen_steps or G.get("steps", 25),
+                               guidance_scale=G.get("guidance_scale", 7.5), output_type="latent", progress=progress,
+                               desc="forget set", batch_size=max(1, min(64, n)), height=res)
     retain_latents = retain_cond = None
     if tcfg.retain_weight > 0:
         rprompts = [plan.anchor_prompts[i % len(plan.anchor_prompts)] for i in range(n)]
@@ -189,7 +211,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
         "base_fingerprint": base_fp, "tau": mcfg.tau, "r_min": mcfg.r_min, "r_max": mcfg.r_max,
         "project": mcfg.project, "conv_mode": mcfg.conv_mode, "ranks": delta.ranks, "steps": tcfg.steps, "lr": tcfg.lr,
         "batch_size": tcfg.batch_size, "forget_n": tcfg.forget_n, "seed": seed, "mixed_precision": mixed_precision,
-        "forget_prompts": plan.forget_prompts, "anchor_prompts": plan.anchor_prompts, "curriculum": curriculum,
+        "forget_prompts": plan.forget_prompts, "forget_images": str(forget_images) if forget_images else None, "anchor_prompts": plan.anchor_prompts, "curriculum": curriculum,
         "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")}, "method_options": method_options,
     }
     t0 = time.time()

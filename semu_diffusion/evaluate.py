@@ -8,9 +8,8 @@ import hashlib
 import html
 import json
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -185,8 +184,7 @@ def _cache_images(pipe, variant_dir: Path, key: dict, prompts, seeds, steps, gui
 def _toy_reference(labels: list[str], n_per: int, cache: Path, judge, device) -> tuple[np.ndarray, np.ndarray]:
     """FD-CLIP statistics of real toy images of the given shape labels (random colours), cached as .npz."""
     from .metrics import feature_stats
-    from .toy import world
-    from .toy.train import clip_preprocess, to_tensor
+    from .toy.train import to_tensor
 
     key = hashlib.sha256(json.dumps([sorted(labels), n_per]).encode()).hexdigest()[:12]
     f = cache / f"ref-toy-{key}.npz"
@@ -212,7 +210,7 @@ def _clip_features(judge, images01: torch.Tensor, device) -> torch.Tensor:
 def run_eval(cfg: EvalConfig, log=print) -> dict:
     from accelerate import PartialState
 
-    from .delta import DeltaError, load_delta, read_delta, remove_delta, validate_delta
+    from .delta import load_delta, read_delta, remove_delta, validate_delta
     from .loading import load_pipeline
     from .metrics import ClipScore, frechet_distance, feature_stats
     from .recipes import recipe_for
@@ -223,14 +221,17 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     device = cfg.device or (str(state.device) if state.device.type == "cuda" else "cpu")
     sets = [load_prompt_set(s) for s in cfg.prompt_sets]
     out = Path(cfg.out)
-    parent = out.resolve().parent
-    if not parent.exists() or not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise PermissionError(f"output folder {out} cannot be written: choose another --out")
     pipe = load_pipeline(cfg.model, device=device)
     for d in cfg.deltas:  # validate every delta before generating anything
         delta, prov = read_delta(d)
         validate_delta(pipe.unet, delta, prov, d)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"output folder {out} cannot be written ({e.strerror}): choose another --out") from None
     rec = recipe_for(pipe.unet.config)
     steps = cfg.steps or rec.generate.get("steps", 25)
     guidance = cfg.guidance_scale or rec.generate.get("guidance_scale", 7.5)

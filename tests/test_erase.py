@@ -66,7 +66,7 @@ def test_divergence_stops_without_writing(random_pipe, tmp_path):
 
 def test_per_channel_conv_mode_writes_dense_updates(random_pipe, tmp_path):
     out = tmp_path / "pc.safetensors"
-    res = erase("star", pipe=random_pipe, out=out, conv_mode="per-channel", log=lambda *a: None, **FAST)
+    erase("star", pipe=random_pipe, out=out, conv_mode="per-channel", log=lambda *a: None, **FAST)
     d, prov = read_delta(out)
     assert d.dense and d.lora  # convs dense, linears LoRA
     assert all(n.endswith(("to_q", "to_k", "to_v", "to_out.0")) for n in d.lora)

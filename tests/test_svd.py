@@ -64,7 +64,6 @@ def test_per_channel_subspaces_shapes():
 
 def test_layers_train_only_R_and_start_at_zero():
     from semu_diffusion.layers import SEMUConv2d, SEMULinear, inject
-    from semu_diffusion.svd import Subspace
 
     net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Conv2d(3, 4, 3, padding=1))
     x1 = torch.randn(2, 6)

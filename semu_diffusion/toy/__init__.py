@@ -29,7 +29,6 @@ def load_toy_pipeline(path: str | Path | None = None, dtype=None, device: str = 
 def load_toyclip(path: str | Path | None = None, device: str = "cpu"):
     """Load the toy open_clip model (model, tokenizer) in fp32, eval mode."""
     import open_clip
-    import torch
     from safetensors.torch import load_file
 
     from .models import build_toyclip, register_toyclip_config

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import PIPELINE_DIR, TOYCLIP_WEIGHTS, WEIGHTS_DIR, load_toy_pipeline, load_toyclip, world
+from . import WEIGHTS_DIR, load_toy_pipeline, load_toyclip, world
 from .train import to_tensor
 
 HELD_OUT_SEED = 10_007  # training data uses seed 0..; this seed is never used for training

@@ -62,7 +62,7 @@ def main(argv=None):
         r = erase(c, pipe=pipe, method=m, out=delta, seed=a.seed, progress=False, log=lambda *x: None)
         erase_s = time.time() - t0
         rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms"],
-                                  per_prompt=a.per_prompt, out=str(work / f"eval-{c}"), forget_label=c, seed=a.seed),
+                                  per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),
                        log=lambda *x: None)
         v = delta.stem
         cl, syn = rep["results"]["toy_classes"], rep["results"]["toy_synonyms"]

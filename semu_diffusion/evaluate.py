@@ -293,7 +293,6 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                         r["UA"] = float(1 - (names[fl] == cfg.forget_label).mean())
                     if (~fl).any():
                         r["RA"] = float((names[~fl] == lab[~fl]).mean())
-                r["per_label_detection"] = {lb: float((names[lab == lb] == (cfg.forget_label or lb)).mean()) for lb in label_names}
             keep = np.array([lb != cfg.forget_label for lb in L]) if cfg.forget_label else np.ones(len(L), bool)
             if keep.sum() >= 2:
                 cs = ClipScore(judge[0], judge[1], judge[2], device)
@@ -381,20 +380,20 @@ def _plot(results, sets, cfg, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labeled = [ps for ps in sets if ps.has_labels and "per_label_detection" in next(iter(results[ps.name].values()))]
+    labeled = [ps for ps in sets if ps.has_labels and "per_label_accuracy" in next(iter(results[ps.name].values()))]
     if not labeled:
         return
     fig, axes = plt.subplots(len(labeled), 1, figsize=(10, 3.2 * len(labeled)), squeeze=False)
     for ax, ps in zip(axes[:, 0], labeled):
         res = results[ps.name]
-        labels = list(next(iter(res.values()))["per_label_detection"])
+        labels = list(next(iter(res.values()))["per_label_accuracy"])
         w = 0.8 / len(res)
         for j, (v, r) in enumerate(res.items()):
-            ax.bar(np.arange(len(labels)) + j * w, [r["per_label_detection"][lb] for lb in labels], w, label=v)
+            ax.bar(np.arange(len(labels)) + j * w, [r["per_label_accuracy"][lb] for lb in labels], w, label=v)
         ax.set_xticks(np.arange(len(labels)) + 0.4 - w / 2, labels, rotation=30)
         ax.set_ylim(0, 1)
-        what = f"classified as {cfg.forget_label!r}" if cfg.forget_label else "classified as their label"
-        ax.set_title(f"{ps.name}: share of images {what}")
+        erased = f" (erased: {cfg.forget_label})" if cfg.forget_label else ""
+        ax.set_title(f"{ps.name}: detection rate per class = share of its images classified as it{erased}")
         ax.legend()
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

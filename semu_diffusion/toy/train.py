@@ -32,7 +32,7 @@ class ToyTrainConfig:
     vae_steps: int = 800
     vae_batch: int = 64
     vae_lr: float = 1e-3
-    unet_steps: int = 5000
+    unet_steps: int = 6000
     unet_batch: int = 64
     unet_lr: float = 4e-4
     ema_decay: float = 0.999

@@ -46,6 +46,27 @@ def encode_images(pipe, folder: str | Path, resolution: int, device: str) -> tor
     return (lat * pipe.vae.config.scaling_factor).float().cpu()
 
 
+def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
+    """Prompts whose base predictions the retain term preserves: a file or list, else the recipe's
+    retain_concepts (other than the erased one) in the concept templates, else the anchor prompts."""
+    if isinstance(retain_prompts, (list, tuple)):
+        out = [p for p in retain_prompts if p.strip()]
+    elif retain_prompts:
+        p = Path(retain_prompts)
+        if not p.exists():
+            raise FileNotFoundError(f"retain prompt file {p} not found")
+        out = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    else:
+        from .concepts import OBJECT_TEMPLATES, _fix_article
+
+        others = [c for c in recipe.train.get("retain_concepts", []) if c.lower() != plan.concept.lower()]
+        out = [_fix_article(t.format(c)) for c in others for t in OBJECT_TEMPLATES[:2]] if plan.kind == "object" else []
+        out = out or list(plan.anchor_prompts)
+    if not out:
+        raise ValueError("the retain prompt set is empty: pass retain prompts or set --retain-weight 0")
+    return out
+
+
 def _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device):
     """A closure returning L_g on a fixed small forget batch (fresh graph each call), for Hessian probes."""
     from . import objectives as O
@@ -73,7 +94,8 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
           steps: int | None = None, lr: float | None = None, tau: float | None = None, r_max: int | None = None,
           r_min: int | None = None, project: bool | None = None, conv_mode: str = "flat", batch_size: int | None = None,
           grad_accum: int = 1, forget_n: int | None = None, forget_prompts: str | None = None, kind: str | None = None,
-          retain_weight: float | None = None, mixed_precision: str = "no", device: str | None = None, seed: int = 0,
+          retain_weight: float | None = None, retain_prompts: str | list[str] | None = None,
+          mixed_precision: str = "no", device: str | None = None, seed: int = 0,
           preset: str | None = None, targets: str | None = None, resolution: int | None = None,
           curriculum: bool = False, method_options: dict | None = None, gen_steps: int | None = None,
           forget_images: str | Path | None = None, pipe=None,
@@ -153,12 +175,13 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
                                desc="forget set", batch_size=max(1, min(64, n)), height=res)
     retain_latents = retain_cond = None
     if tcfg.retain_weight > 0:
-        rprompts = [plan.anchor_prompts[i % len(plan.anchor_prompts)] for i in range(n)]
+        rset = retain_prompt_list(plan, recipe, retain_prompts)
+        rprompts = [rset[i % len(rset)] for i in range(n)]
         with accelerator.autocast():
             retain_latents = generate(pipe, rprompts, [seed * 100003 + 7 + i for i in range(n)], steps=gen_steps or G.get("steps", 25),
                                       guidance_scale=G.get("guidance_scale", 7.5), output_type="latent",
                                       progress=progress, desc="retain set", height=res)
-        retain_cond = anchor_cond
+        retain_cond = cond.embed(rset)
     stage["forget_set"] = time.time() - t0
 
     # 2. base targets for every training micro-step (before any weight changes)
@@ -166,7 +189,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     n_micro = tcfg.steps * tcfg.grad_accum
     with accelerator.autocast():
         sched = make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, tcfg, device, n_micro,
-                              retain_latents=retain_latents, progress=progress)
+                              retain_latents=retain_latents, retain_cond=retain_cond, progress=progress)
     stage["targets"] = time.time() - t0
 
     # 3. forget gradient over the target weights
@@ -211,7 +234,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
         "base_fingerprint": base_fp, "tau": mcfg.tau, "r_min": mcfg.r_min, "r_max": mcfg.r_max,
         "project": mcfg.project, "conv_mode": mcfg.conv_mode, "ranks": delta.ranks, "steps": tcfg.steps, "lr": tcfg.lr,
         "batch_size": tcfg.batch_size, "forget_n": tcfg.forget_n, "seed": seed, "mixed_precision": mixed_precision,
-        "forget_prompts": plan.forget_prompts, "forget_images": str(forget_images) if forget_images else None, "anchor_prompts": plan.anchor_prompts, "curriculum": curriculum,
+        "forget_prompts": plan.forget_prompts, "retain_weight": tcfg.retain_weight, "forget_images": str(forget_images) if forget_images else None, "anchor_prompts": plan.anchor_prompts, "curriculum": curriculum,
         "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")}, "method_options": method_options,
     }
     t0 = time.time()

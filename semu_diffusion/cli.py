@@ -71,7 +71,8 @@ def erase_main(argv: list[str] | None = None) -> None:
     p.add_argument("--forget-n", type=int, default=None, help="number of generated forget latents")
     p.add_argument("--forget-prompts", default=None, help="file of forget prompts (one per line) instead of templates")
     p.add_argument("--forget-images", default=None, help="folder of images of the concept (VAE-encoded) instead of generated latents")
-    p.add_argument("--retain-weight", type=float, default=None, help="weight of the optional retain loss")
+    p.add_argument("--retain-weight", type=float, default=None, help="weight of the retain term (0 disables it)")
+    p.add_argument("--retain-prompts", default=None, help="file of prompts whose outputs must not change")
     p.add_argument("--curriculum", action="store_true", help="order forget samples easy->hard (CUFG-style)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -103,6 +104,7 @@ def erase_main(argv: list[str] | None = None) -> None:
                         tau=a.tau, r_max=a.r_max, conv_mode=a.conv_mode, project=False if a.no_project else None,
                         batch_size=a.batch_size, grad_accum=a.grad_accum, forget_n=a.forget_n,
                         forget_prompts=a.forget_prompts, forget_images=a.forget_images, kind=a.kind, retain_weight=a.retain_weight,
+                        retain_prompts=a.retain_prompts,
                         mixed_precision=a.mixed_precision, device=a.device, seed=a.seed, preset=a.preset,
                         targets=a.targets, resolution=a.resolution, curriculum=a.curriculum, progress=not a.quiet)
         for w in caught:

@@ -27,7 +27,3 @@ def remap_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def esd_target(e_uncond: torch.Tensor, e_cond: torch.Tensor, eta: float = 1.0) -> torch.Tensor:
     """ESD negative-guidance target eps(z|empty) - eta (eps(z|c) - eps(z|empty))."""
     return e_uncond - eta * (e_cond - e_uncond)
-
-
-def retain_loss(pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred.float(), eps.float())

@@ -98,11 +98,12 @@ class Schedule:
     retain_idx: torch.Tensor | None = None
     retain_t: torch.Tensor | None = None
     retain_eps: torch.Tensor | None = None
+    retain_target: torch.Tensor | None = None  # base prediction eps_base(z_t^r | c_r): the retain term preserves it
     stats: dict = field(default_factory=dict)
 
 
 def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: TrainConfig, device, n_micro: int,
-                  retain_latents=None, progress=True) -> Schedule:
+                  retain_latents=None, retain_cond=None, progress=True) -> Schedule:
     g = torch.Generator("cpu").manual_seed(cfg.seed + 101)
     n, B = len(latents), cfg.batch_size
     idx = torch.stack([torch.randint(0, n, (B,), generator=g) for _ in range(n_micro)])
@@ -128,6 +129,13 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
         s.retain_idx = torch.stack([torch.randint(0, len(retain_latents), (B,), generator=g) for _ in range(n_micro)])
         s.retain_t = torch.randint(0, T, (n_micro, B), generator=g)
         s.retain_eps = torch.randn((n_micro, B, *retain_latents.shape[1:]), generator=g)
+        rt = []
+        for i in range(n_micro):
+            zt = O.add_noise(retain_latents[s.retain_idx[i]].to(device), s.retain_eps[i].to(device), s.retain_t[i].to(device), acp)
+            rc = cond_index(retain_cond, s.retain_idx[i] % len(retain_cond["hidden"]))
+            with torch.no_grad():
+                rt.append(unet_eps(unet, zt, s.retain_t[i].to(device), rc).float().cpu())
+        s.retain_target = torch.stack(rt)
     return s
 
 
@@ -218,7 +226,7 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
                 rc = cond_index(retain_cond, schedule.retain_idx[i] % len(retain_cond["hidden"]))
                 with accelerator.autocast():
                     rp = unet_eps(unet, zt, tt, rc)
-                loss = loss + cfg.retain_weight * O.retain_loss(rp, eps)
+                loss = loss + cfg.retain_weight * O.remap_loss(rp, schedule.retain_target[i].to(device))
             loss = loss / cfg.grad_accum
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at step {step}: lower --lr or use --mixed-precision no; "

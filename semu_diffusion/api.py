@@ -109,6 +109,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     from accelerate import Accelerator
 
     t_all = time.time()
+    method_cls = get_method(method)  # fail on an unknown method before loading anything
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     stage: dict[str, float] = {}
     t0 = time.time()
@@ -142,7 +143,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
                        grad_accum=grad_accum, forget_n=_pick(forget_n, T, "forget_n", 16),
                        retain_weight=_pick(retain_weight, T, "retain_weight", 0.0), mixed_precision=mixed_precision,
                        seed=seed, curriculum=curriculum)
-    m = get_method(method)(mcfg, **method_options)
+    m = method_cls(mcfg, **method_options)
     if m.objective == "esd":
         tcfg.objective = "esd"
     from accelerate.state import AcceleratorState
@@ -203,7 +204,6 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     unet_params = sum(p.numel() for p in unet.parameters())
-    base_fp = fingerprint(unet, names)
     loss_fn = _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device) if m.needs_loss_fn else None
     params = m.setup(unet, names, grads, loss_fn=loss_fn)
     if device.startswith("cuda"):
@@ -227,6 +227,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     finally:
         restore_frozen(unet, saved)  # names are those of the wrapped UNet: restore before unwrapping
         m.restore(unet)
+    base_fp = fingerprint(unet, delta.modules())  # the base weights are restored exactly at this point
     trainable = m.trainable_numel()
     prov = {
         "toolkit": "semu-diffusion", "toolkit_version": __version__, "method": method, "concepts": [plan.concept],

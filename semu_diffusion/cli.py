@@ -18,9 +18,11 @@ def _quiet_libraries() -> None:
         from diffusers.utils import logging as dlog
 
         dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
         from transformers.utils import logging as tlog
 
         tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
     except Exception:  # pragma: no cover
         pass
     import logging
@@ -91,6 +93,8 @@ def erase_main(argv: list[str] | None = None) -> None:
     if a.list_methods:
         print("\n".join(available_methods()))
         return
+    if a.method not in available_methods():
+        _fail(p.prog, f"unknown method {a.method!r}: choose one of {', '.join(available_methods())}")
     if not a.concept.strip():
         _fail(p.prog, "empty --concept: pass the word or phrase to erase, e.g. --concept triangle")
     out = a.out or f"{a.concept.strip().replace(' ', '_').replace('/', '_')}-{a.method}.safetensors"

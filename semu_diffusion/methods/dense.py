@@ -141,6 +141,8 @@ class SAP(DenseMethod):
 def hutchinson_diagonal(unet: nn.Module, names: list[str], loss_fn, probes: int = 4, seed: int = 0
                         ) -> dict[str, torch.Tensor]:
     """|diag(H)| of loss_fn() w.r.t. the named weights: mean over Rademacher v of |v * (H v)|."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     ws = [unet.get_submodule(n).weight for n in names]
     req = [w.requires_grad for w in ws]
     for w in ws:
@@ -149,12 +151,12 @@ def hutchinson_diagonal(unet: nn.Module, names: list[str], loss_fn, probes: int 
     acc = [torch.zeros_like(w, dtype=torch.float32) for w in ws]
     try:
         for _ in range(probes):
-            loss = loss_fn()
-            grads = torch.autograd.grad(loss, ws, create_graph=True)
-            vs = [(torch.randint(0, 2, w.shape, generator=g) * 2 - 1).to(w.device, w.dtype) for w in ws]
-            hv = torch.autograd.grad(grads, ws, grad_outputs=vs)
-            for a, v, h in zip(acc, vs, hv):
-                a += (v * h).float().abs() / probes
+            with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no double backward
+                grads = torch.autograd.grad(loss_fn(), ws, create_graph=True)
+                vs = [(torch.randint(0, 2, w.shape, generator=g) * 2 - 1).to(w.device, w.dtype) for w in ws]
+                hv = torch.autograd.grad(grads, ws, grad_outputs=vs)
+            for a_, v, h in zip(acc, vs, hv):
+                a_ += (v * h).float().abs() / probes
     finally:
         for w, r in zip(ws, req):
             w.requires_grad_(r)

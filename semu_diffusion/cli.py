@@ -82,6 +82,7 @@ def erase_main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default=None, help="recipe name in pipelines/ (default: matched from the UNet config)")
     p.add_argument("--targets", default=None, help="regex over UNet module names replacing the recipe's targets")
     p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--gen-steps", type=int, default=None, help="sampler steps for generating the forget set")
     p.add_argument("--out", default=None, help="delta file to write (default: <concept>-<method>.safetensors)")
     p.add_argument("--kohya", default=None, help="also write a kohya/A1111/ComfyUI copy to this path")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -110,7 +111,7 @@ def erase_main(argv: list[str] | None = None) -> None:
                         forget_prompts=a.forget_prompts, forget_images=a.forget_images, kind=a.kind, retain_weight=a.retain_weight,
                         retain_prompts=a.retain_prompts,
                         mixed_precision=a.mixed_precision, device=a.device, seed=a.seed, preset=a.preset,
-                        targets=a.targets, resolution=a.resolution, curriculum=a.curriculum, progress=not a.quiet)
+                        targets=a.targets, resolution=a.resolution, gen_steps=a.gen_steps, curriculum=a.curriculum, progress=not a.quiet)
         for w in caught:
             if "never saw" in str(w.message):
                 print(f"semu-erase: warning: {w.message}", file=sys.stderr)

@@ -18,7 +18,7 @@ def test_registry_lists_all_methods():
 def test_top_share_mask_is_global():
     s = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([10.0, 0.0])}
     m = top_share_mask(s, 0.5)
-    assert m["a"].tolist() == [0, 0, 1, 1] and m["b"].tolist() == [1, 0]
+    assert m["a"].tolist() == [False, False, True, True] and m["b"].tolist() == [True, False]
 
 
 @pytest.mark.parametrize("method", ["full", "salun", "esd-x", "esd-u", "sap"])

@@ -55,8 +55,8 @@ class DenseMethod(Method):
             w.requires_grad_(True)
             params.append(w)
             if mask is not None:
-                m = mask[n].to(w.device, w.dtype)
-                self.hooks.append(w.register_hook(lambda g, m=m: g * m))
+                keep = mask[n].to(w.device, torch.bool)
+                self.hooks.append(w.register_hook(lambda g, keep=keep: g.masked_fill(~keep, 0)))
         total = sum(p.numel() for p in params)
         chosen = int(sum(int(mask[n].sum()) for n in names)) if mask is not None else total
         self.info = {"trainable_params": chosen, "modules": len(names), "masked": mask is not None}
@@ -81,13 +81,14 @@ class DenseMethod(Method):
 
 
 def top_share_mask(scores: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
-    """Global top-``share`` mask over all entries of all score tensors (ties broken by the threshold)."""
+    """Global top-``share`` boolean mask over all entries of all score tensors (ties kept at the threshold)."""
     if not 0 < share <= 1:
         raise ValueError("the selected share must be in (0, 1]")
-    flat = torch.cat([s.reshape(-1).float().cpu() for s in scores.values()])
+    flat = torch.cat([s.reshape(-1).cpu() for s in scores.values()])
     k = max(1, int(round(share * flat.numel())))
     thr = torch.topk(flat, k, sorted=False).values.min()
-    return {n: (s.float().cpu() >= thr).to(torch.float32) for n, s in scores.items()}
+    del flat
+    return {n: (s.cpu() >= thr) for n, s in scores.items()}  # bool masks: 1 byte per weight
 
 
 @register("full")

@@ -52,7 +52,8 @@ def main(argv=None):
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
     results["per_prompt"] = a.per_prompt
     pipe = load_pipeline("toy")
-    pairs = [(m, c) for m in methods for c in classes if f"{m}/{c}" not in results["runs"]]
+    # class-major order: an interrupted run leaves every method measured on the same classes
+    pairs = [(m, c) for c in classes for m in methods if f"{m}/{c}" not in results["runs"]]
     bar = tqdm(pairs, desc="classwise", dynamic_ncols=True)
     base_cache = {}
     for m, c in bar:
@@ -78,9 +79,16 @@ def main(argv=None):
         tmp = res_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, res_path)
+        write_table(out, results, methods, classes)
+    print(write_table(out, results, methods, classes))
+
+
+def write_table(out: Path, results: dict, methods: list[str], classes: list[str]) -> str:
     md = table(results, methods, classes)
-    (out / "classwise.md").write_text(md)
-    print(md)
+    tmp = out / "classwise.md.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, out / "classwise.md")
+    return md
 
 
 def table(results: dict, methods: list[str], classes: list[str]) -> str:
@@ -98,11 +106,11 @@ def table(results: dict, methods: list[str], classes: list[str]) -> str:
              f"{', '.join(classes)})", "",
              f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs. Means over classes, worst "
              "class in brackets. UA = 1 - accuracy on the erased class, RA = accuracy on the other classes.", "",
-             "| method | UA | UA synonyms | RA | RA drop vs base | FD-CLIP vs real | FD-CLIP vs base | CLIP score | trainable share | delta MB | erase s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | classes | UA | UA synonyms | RA | RA drop vs base | FD-CLIP vs real | FD-CLIP vs base | CLIP score | trainable share | delta MB | erase s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if base:
         bs = [base[c] for c in classes if c in base]
-        lines.append(f"| base | {agg([b['UA'] for b in bs], 'min')} | {agg([b['UA_syn'] for b in bs], 'min')} | "
+        lines.append(f"| base | {len(bs)} | {agg([b['UA'] for b in bs], 'min')} | {agg([b['UA_syn'] for b in bs], 'min')} | "
                      f"{agg([b['RA'] for b in bs], 'min')} | - | {agg([b['fd_real'] for b in bs], 'max')} | - | "
                      f"{agg([b['clip_score'] for b in bs], 'min')} | - | - | - |")
     for m in methods:
@@ -111,11 +119,18 @@ def table(results: dict, methods: list[str], classes: list[str]) -> str:
         if not rs:
             continue
         drop = [base[r["class"]]["RA"] - r["RA"] for r in rs if r["class"] in base]
-        lines.append(f"| {m} | {agg([r['UA'] for r in rs], 'min')} | {agg([r['UA_syn'] for r in rs], 'min')} | "
+        lines.append(f"| {m} | {len(rs)} | {agg([r['UA'] for r in rs], 'min')} | {agg([r['UA_syn'] for r in rs], 'min')} | "
                      f"{agg([r['RA'] for r in rs], 'min')} | {agg(drop, 'max')} | {agg([r['fd_real'] for r in rs], 'max')} | "
                      f"{agg([r['fd_base'] for r in rs], 'max')} | {agg([r['clip_score'] for r in rs], 'min')} | "
                      f"{agg([r['trainable_frac'] for r in rs], 'max')} | {np.mean([r['delta_bytes'] for r in rs]) / 1e6:.2f} | "
                      f"{np.mean([r['erase_seconds'] for r in rs]):.1f} |")
+    done = [c for c in classes if any(f"{m}/{c}" in results["runs"] for m in methods)]
+    lines += ["", "UA per erased class (RA in brackets):", "",
+              "| method | " + " | ".join(done) + " |", "|---|" + "---|" * len(done)]
+    for m in methods:
+        cells = [results["runs"].get(f"{m}/{c}") for c in done]
+        if any(cells):
+            lines.append(f"| {m} | " + " | ".join(f"{r['UA']:.2f} ({r['RA']:.2f})" if r else "-" for r in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

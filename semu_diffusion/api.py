@@ -98,7 +98,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
           mixed_precision: str = "no", device: str | None = None, seed: int = 0,
           preset: str | None = None, targets: str | None = None, resolution: int | None = None,
           curriculum: bool = False, method_options: dict | None = None, gen_steps: int | None = None,
-          forget_images: str | Path | None = None, pipe=None,
+          forget_images: str | Path | None = None, anchor_share: float | None = None, pipe=None,
           progress: bool = True,
           log=print) -> EraseResult:
     """Erase ``concept`` from ``model`` with ``method`` and write the delta to ``out`` (if given).
@@ -124,7 +124,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     S, G = recipe.semu, recipe.generate
     T = dict(recipe.train)
     mdef = dict(recipe.methods.get(method, {}))
-    T.update({k: mdef.pop(k) for k in list(mdef) if k in ("steps", "lr", "batch_size", "forget_n", "retain_weight")})
+    T.update({k: mdef.pop(k) for k in list(mdef) if k in ("steps", "lr", "batch_size", "forget_n", "retain_weight", "anchor_share")})
     method_options = {**mdef, **(method_options or {})}
     plan = plan_concept(concept, anchor=anchor, kind=kind, prompts_file=forget_prompts,
                         default_object_anchors=recipe.train.get("object_anchors"))
@@ -142,7 +142,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     tcfg = TrainConfig(steps=_pick(steps, T, "steps", 200), lr=_pick(lr, T, "lr", 1e-4), batch_size=_pick(batch_size, T, "batch_size", 1),
                        grad_accum=grad_accum, forget_n=_pick(forget_n, T, "forget_n", 16),
                        retain_weight=_pick(retain_weight, T, "retain_weight", 0.0), mixed_precision=mixed_precision,
-                       seed=seed, curriculum=curriculum)
+                       seed=seed, curriculum=curriculum, anchor_share=_pick(anchor_share, T, "anchor_share", 0.0))
     m = method_cls(mcfg, **method_options)
     if m.objective == "esd":
         tcfg.objective = "esd"
@@ -174,6 +174,17 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
             latents = generate(pipe, prompts, [seed * 100003 + i for i in range(n)], steps=gen_steps or G.get("steps", 25),
                                guidance_scale=G.get("guidance_scale", 7.5), output_type="latent", progress=progress,
                                desc="forget set", batch_size=max(1, min(64, n)), height=res)
+    # anchor latents conditioned on the forget prompts (Concept-Ablation style): the remap then also holds where the
+    # erased model's sampling trajectory actually goes, not only around images of the concept
+    train_latents = latents
+    n_anchor = int(round(tcfg.anchor_share * n)) if tcfg.objective == "remap" else 0  # ESD has no anchor
+    if n_anchor:
+        aprompts = [plan.anchor_prompts[i % len(plan.anchor_prompts)] for i in range(n_anchor)]
+        with accelerator.autocast():
+            extra = generate(pipe, aprompts, [seed * 100003 + 13 + i for i in range(n_anchor)], steps=gen_steps or G.get("steps", 25),
+                             guidance_scale=G.get("guidance_scale", 7.5), output_type="latent", progress=progress,
+                             desc="anchor set", batch_size=max(1, min(64, n_anchor)), height=res)
+        train_latents = torch.cat([latents.float().cpu(), extra.float().cpu()])
     retain_latents = retain_cond = None
     if tcfg.retain_weight > 0:
         rset = retain_prompt_list(plan, recipe, retain_prompts)
@@ -189,7 +200,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     t0 = time.time()
     n_micro = tcfg.steps * tcfg.grad_accum
     with accelerator.autocast():
-        sched = make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, tcfg, device, n_micro,
+        sched = make_schedule(unet, train_latents, acp, forget_cond, anchor_cond, uncond, tcfg, device, n_micro,
                               retain_latents=retain_latents, retain_cond=retain_cond, progress=progress)
     stage["targets"] = time.time() - t0
 
@@ -217,7 +228,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
             saved = cast_frozen(unet, compute_dtype)
         # 5. unlearn
         t0 = time.time()
-        tr = train(unet, params, sched, latents, forget_cond, tcfg, accelerator, device, retain_latents=retain_latents,
+        tr = train(unet, params, sched, train_latents, forget_cond, tcfg, accelerator, device, retain_latents=retain_latents,
                    retain_cond=retain_cond, acp=acp, progress=progress)
         stage["train"] = time.time() - t0
         # 6. export
@@ -234,7 +245,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
         "kind": plan.kind, "anchor": plan.anchor, "base_model": model_id, "base_family": recipe.family,
         "base_fingerprint": base_fp, "tau": mcfg.tau, "r_min": mcfg.r_min, "r_max": mcfg.r_max,
         "project": mcfg.project, "conv_mode": mcfg.conv_mode, "ranks": delta.ranks, "steps": tcfg.steps, "lr": tcfg.lr,
-        "batch_size": tcfg.batch_size, "forget_n": tcfg.forget_n, "seed": seed, "mixed_precision": mixed_precision,
+        "batch_size": tcfg.batch_size, "forget_n": tcfg.forget_n, "anchor_share": tcfg.anchor_share if n_anchor else 0.0, "seed": seed, "mixed_precision": mixed_precision,
         "forget_prompts": plan.forget_prompts, "retain_weight": tcfg.retain_weight, "forget_images": str(forget_images) if forget_images else None, "anchor_prompts": plan.anchor_prompts, "curriculum": curriculum,
         "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")}, "method_options": method_options,
     }

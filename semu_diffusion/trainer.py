@@ -35,6 +35,7 @@ class TrainConfig:
     objective: str = "remap"  # "remap" | "esd"
     esd_eta: float = 1.0
     curriculum: bool = False
+    anchor_share: float = 0.0  # extra forget latents generated from the anchor prompts, as a share of forget_n
 
     def __post_init__(self):
         if self.steps < 1:
@@ -47,6 +48,8 @@ class TrainConfig:
             raise ValueError("mixed_precision must be one of no, fp16, bf16")
         if self.objective not in ("remap", "esd"):
             raise ValueError("objective must be 'remap' or 'esd'")
+        if not 0 <= self.anchor_share <= 4:
+            raise ValueError("anchor_share must be in [0, 4]")
 
 
 class Conditioner:

@@ -260,6 +260,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
         "rank_mean": (sum(delta.ranks.values()) / len(delta.ranks)) if delta.ranks else None,
         "delta_bytes": path.stat().st_size if path else None, "final_loss": tr["losses"][-1],
         "first_loss": tr["losses"][0], "step_seconds": tr["step_seconds"],
+        "forget_latents": len(latents), "anchor_latents": n_anchor,
         "stage_seconds": {k: round(v, 3) for k, v in stage.items()}, "seconds": time.time() - t_all,
         "device": device, "mixed_precision": mixed_precision, "out": str(path) if path else None,
     }

@@ -75,6 +75,8 @@ def erase_main(argv: list[str] | None = None) -> None:
     p.add_argument("--forget-images", default=None, help="folder of images of the concept (VAE-encoded) instead of generated latents")
     p.add_argument("--retain-weight", type=float, default=None, help="weight of the retain term (0 disables it)")
     p.add_argument("--retain-prompts", default=None, help="file of prompts whose outputs must not change")
+    p.add_argument("--anchor-share", type=float, default=None,
+                   help="extra anchor-image latents under the forget prompts, as a share of --forget-n (recipe default)")
     p.add_argument("--curriculum", action="store_true", help="order forget samples easy->hard (CUFG-style)")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -109,7 +111,7 @@ def erase_main(argv: list[str] | None = None) -> None:
                         tau=a.tau, r_max=a.r_max, conv_mode=a.conv_mode, project=False if a.no_project else None,
                         batch_size=a.batch_size, grad_accum=a.grad_accum, forget_n=a.forget_n,
                         forget_prompts=a.forget_prompts, forget_images=a.forget_images, kind=a.kind, retain_weight=a.retain_weight,
-                        retain_prompts=a.retain_prompts,
+                        retain_prompts=a.retain_prompts, anchor_share=a.anchor_share,
                         mixed_precision=a.mixed_precision, device=a.device, seed=a.seed, preset=a.preset,
                         targets=a.targets, resolution=a.resolution, gen_steps=a.gen_steps, curriculum=a.curriculum, progress=not a.quiet)
         for w in caught:

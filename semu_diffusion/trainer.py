@@ -49,7 +49,7 @@ class TrainConfig:
         if self.objective not in ("remap", "esd"):
             raise ValueError("objective must be 'remap' or 'esd'")
         if not 0 <= self.anchor_share <= 4:
-            raise ValueError("anchor_share must be in [0, 4]")
+            raise ValueError("anchor_share must be in [0, 4]: it is a share of forget_n (0 disables the anchor set)")
 
 
 class Conditioner:

@@ -72,3 +72,14 @@ def test_curriculum_option_runs_and_is_recorded(random_pipe, tmp_path):
     erase("star", pipe=random_pipe, out=out, curriculum=True, **FAST)
     _, prov = read_delta(out)
     assert prov["curriculum"] is True
+
+
+@pytest.mark.parametrize("method,expect", [("semu", 2), ("esd-x", 0)])
+def test_anchor_share_adds_anchor_latents_to_remap_methods_only(method, expect, random_pipe, tmp_path):
+    out = tmp_path / f"{method}-anchor.safetensors"
+    res = erase("star", pipe=random_pipe, method=method, out=out, anchor_share=1.0, **FAST)
+    assert res.stats["forget_latents"] == 2 and res.stats["anchor_latents"] == expect
+    _, prov = read_delta(out)
+    assert prov["anchor_share"] == (1.0 if expect else 0.0)
+    with pytest.raises(ValueError, match="anchor_share"):
+        erase("star", pipe=random_pipe, method=method, anchor_share=9.0, **FAST)

@@ -31,6 +31,33 @@ def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def current_rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def erase_memory(a, methods: list[str]) -> dict:
+    """Peak memory of one whole erasure per method, each in a fresh process (ru_maxrss is per process):
+    peak RSS, and the peak above the RSS right after the model is built (the erasure's own working memory)."""
+    import subprocess
+
+    res = {}
+    for m in methods:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--arch", a.arch, "--device", a.device,
+               "--mixed-precision", a.mixed_precision, "--memory-child", m]
+        for flag, v in (("--resolution", a.resolution), ("--steps", a.steps), ("--forget-n", a.forget_n),
+                        ("--gen-steps", a.gen_steps)):
+            if v is not None:
+                cmd += [flag, str(v)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        line = [ln for ln in out.splitlines() if ln.startswith("MEMORY ")][-1]
+        r = json.loads(line[len("MEMORY "):])
+        r["above_base_gb"] = r["peak_rss_gb"] - r["base_rss_gb"]
+        res[m] = r
+        print(f"[cost] peak memory of a {m} erasure: {r['peak_rss_gb']:.2f} GB RSS ({r['above_base_gb']:.2f} GB above the loaded model)")
+    return res
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -45,7 +72,7 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
     from semu_diffusion import objectives as O
     from semu_diffusion.methods import MethodConfig, get_method
     from semu_diffusion.recipes import recipe_for, select_targets
-    from semu_diffusion.trainer import Conditioner, cast_frozen, forget_gradient, restore_frozen, unet_eps
+    from semu_diffusion.trainer import Conditioner, cast_frozen, forget_gradient, frozen, restore_frozen, unet_eps
 
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -78,6 +105,8 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
     for rep in range(repeats):
         for m in methods:
             meth = get_method(m)(cfg)
+            freeze = frozen(unet)  # as erase() does: only the method's own parameters get gradients
+            freeze.__enter__()
             params = meth.setup(unet, names, grads)
             saved = cast_frozen(unet, dtype) if dtype else {}
             opt = torch.optim.Adam(params, lr=1e-6)
@@ -101,6 +130,7 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
                 del opt
                 restore_frozen(unet, saved)
                 meth.restore(unet)
+                freeze.__exit__(None, None, None)
             log(f"  rep {rep + 1}/{repeats} {m}: {statistics.median(times[m][-iters:]):.3f} s/step")
     med = {m: statistics.median(v) for m, v in times.items()}
     return {"median_step_seconds": med, "ratio_to_semu": {m: med[m] / med["semu"] for m in methods},
@@ -148,6 +178,9 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--memory-methods", default="semu,full",
+                   help="methods whose whole erasure's peak memory is measured, each in its own process ('' skips)")
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from semu_diffusion.cli import _quiet_libraries
@@ -167,6 +200,15 @@ def main(argv=None):
         pipe.set_progress_bar_config(disable=True)
         pipe.semu_model_id = f"random-{a.arch}"
     build_seconds = time.time() - t_build
+    if a.memory_child:
+        base = current_rss_gb()
+        with tempfile.TemporaryDirectory() as td:
+            r = erase("a red apple" if a.arch != "toy" else "triangle", pipe=pipe, method=a.memory_child,
+                      out=Path(td) / "d.safetensors", steps=a.steps, forget_n=a.forget_n, mixed_precision=a.mixed_precision,
+                      device=a.device, resolution=a.resolution, gen_steps=a.gen_steps, progress=False, log=lambda *x: None)
+        print("MEMORY " + json.dumps({"method": a.memory_child, "base_rss_gb": base, "peak_rss_gb": rss_gb(),
+                                      "cuda_peak_gb": r.stats.get("cuda_max_allocated_gb"), "seconds": r.stats["seconds"]}))
+        return
     res = a.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     report = {"arch": a.arch, "device": a.device, "mixed_precision": a.mixed_precision, "resolution": res,
               "unet_params": sum(p.numel() for p in pipe.unet.parameters()), "build_seconds": build_seconds,
@@ -195,16 +237,21 @@ def main(argv=None):
         methods = ["semu"] + methods
     report["train_step"] = step_times(pipe, methods, a.device, a.mixed_precision, res, a.repeats, a.iters)
     report["cpu_peak_rss_gb"] = rss_gb()
+    report["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+    mem_methods = [m for m in a.memory_methods.split(",") if m]
+    if mem_methods:
+        report["erase_peak_memory"] = erase_memory(a, mem_methods)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = f"cost-{a.arch}-{a.device.split(':')[0]}"
     (out / f"{name}.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
+    before = out / f"{name}-before.json"
+    md = markdown(report, json.loads(before.read_text()) if before.exists() else None)
     (out / f"{name}.md").write_text(md)
     print(md)
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, before: dict | None = None) -> str:
     lines = [f"# Cost: {r['arch']} on {r['device']} ({r['mixed_precision']}, {r['resolution']} px)", "",
              f"UNet parameters: {r['unet_params']:,}. Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs"
              f"{', GPU ' + r['machine']['gpu'] if r['machine']['gpu'] else ''}, torch {r['machine']['torch']}.", ""]
@@ -225,6 +272,27 @@ def markdown(r: dict) -> str:
               "| method | s/step | ratio to semu | trainable params |", "|---|---|---|---|"]
     for m, v in t["median_step_seconds"].items():
         lines.append(f"| {m} | {v:.4f} | {t['ratio_to_semu'][m]:.2f} | {t['methods_info'][m]['trainable_params']:,} |")
+    lines += ["", f"OMP_NUM_THREADS={r.get('omp_num_threads')} (torch threads {torch.get_num_threads()})."]
+    med = t["median_step_seconds"]
+    if "full" in med:
+        lines += ["", "## SEMU step / full step", "", "| | semu s/step | full s/step | semu / full |", "|---|---|---|---|"]
+        if before and "full" in before["train_step"]["median_step_seconds"]:
+            b = before["train_step"]["median_step_seconds"]
+            lines.append(f"| before the freeze fix (every UNet weight kept a gradient; other threads setting) | "
+                         f"{b['semu']:.4f} | {b['full']:.4f} | {b['semu'] / b['full']:.2f} |")
+        lines.append(f"| after (only trained parameters get gradients) | {med['semu']:.4f} | {med['full']:.4f} | "
+                     f"{med['semu'] / med['full']:.2f} |")
+    mem = r.get("erase_peak_memory")
+    if mem:
+        lines += ["", "## Peak memory of a whole erasure (one process per method)", "",
+                  "| method | peak RSS GB | above the loaded model GB | CUDA peak GB | seconds |", "|---|---|---|---|---|"]
+        for m, v in mem.items():
+            cp = f"{v['cuda_peak_gb']:.2f}" if v.get("cuda_peak_gb") else "-"
+            lines.append(f"| {m} | {v['peak_rss_gb']:.2f} | {v['above_base_gb']:.2f} | {cp} | {v['seconds']:.1f} |")
+        if "semu" in mem and "full" in mem:
+            lines += ["", f"SEMU / full: peak RSS {mem['semu']['peak_rss_gb'] / mem['full']['peak_rss_gb']:.2f}, "
+                          f"working memory above the loaded model "
+                          f"{mem['semu']['above_base_gb'] / max(mem['full']['above_base_gb'], 1e-9):.2f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ from .generation import generate
 from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
-from .trainer import Conditioner, TrainConfig, cast_frozen, forget_gradient, make_schedule, restore_frozen, train
+from .trainer import Conditioner, TrainConfig, cast_frozen, forget_gradient, frozen, make_schedule, restore_frozen, train
 
 
 @dataclass
@@ -210,29 +210,30 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     unet_params = sum(p.numel() for p in unet.parameters())
-    loss_fn = _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device) if m.needs_loss_fn else None
-    params = m.setup(unet, names, grads, loss_fn=loss_fn)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    stage["setup"] = time.time() - t0
-    del grads
-    compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
-    saved = {}
-    try:
-        if compute_dtype is not None:
-            saved = cast_frozen(unet, compute_dtype)
-        # 5. unlearn
-        t0 = time.time()
-        tr = train(unet, params, sched, train_latents, forget_cond, tcfg, accelerator, device, retain_latents=retain_latents,
-                   retain_cond=retain_cond, acp=acp, progress=progress)
-        stage["train"] = time.time() - t0
-        # 6. export
-        t0 = time.time()
-        delta = m.export(unet)
-        stage["export"] = time.time() - t0
-    finally:
-        restore_frozen(unet, saved)  # names are those of the wrapped UNet: restore before unwrapping
-        m.restore(unet)
+    with frozen(unet):  # only the method's own parameters get gradients; the caller's requires_grad comes back
+        loss_fn = _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device) if m.needs_loss_fn else None
+        params = m.setup(unet, names, grads, loss_fn=loss_fn)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stage["setup"] = time.time() - t0
+        del grads
+        compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+        saved = {}
+        try:
+            if compute_dtype is not None:
+                saved = cast_frozen(unet, compute_dtype)
+            # 5. unlearn
+            t0 = time.time()
+            tr = train(unet, params, sched, train_latents, forget_cond, tcfg, accelerator, device, retain_latents=retain_latents,
+                       retain_cond=retain_cond, acp=acp, progress=progress)
+            stage["train"] = time.time() - t0
+            # 6. export
+            t0 = time.time()
+            delta = m.export(unet)
+            stage["export"] = time.time() - t0
+        finally:
+            restore_frozen(unet, saved)  # names are those of the wrapped UNet: restore before unwrapping
+            m.restore(unet)
     base_fp = fingerprint(unet, delta.modules())  # the base weights are restored exactly at this point
     trainable = m.trainable_numel()
     prov = {

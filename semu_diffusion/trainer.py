@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -173,6 +174,24 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
             p.grad = None
             p.requires_grad_(req[k])
     return grads
+
+
+@contextmanager
+def frozen(module: torch.nn.Module):
+    """Freeze every parameter of ``module`` for the block (a method then unfreezes only what it trains), so no
+    weight gradient of a non-trained parameter is computed or kept. Afterwards each parameter gets back its own
+    ``requires_grad`` (matched by identity, so wrapping and unwrapping modules inside the block is fine) and every
+    gradient buffer is released."""
+    saved = [(p, p.requires_grad) for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in module.parameters():
+            p.grad = None
+        for p, r in saved:
+            p.grad = None
+            p.requires_grad_(r)
 
 
 def cast_frozen(unet, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from .generation import generate
 from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
-from .trainer import Conditioner, TrainConfig, cast_frozen, forget_gradient, frozen, make_schedule, restore_frozen, train
+from .trainer import Conditioner, TrainConfig, cast_frozen, forget_gradient, forget_loss_fn, frozen, make_schedule, restore_frozen, train
 
 
 @dataclass
@@ -65,29 +65,6 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     if not out:
         raise ValueError("the retain prompt set is empty: pass retain prompts or set --retain-weight 0")
     return out
-
-
-def _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device):
-    """A closure returning L_g on a fixed small forget batch (fresh graph each call), for Hessian probes."""
-    from . import objectives as O
-    from .trainer import cond_index
-
-    g = torch.Generator("cpu").manual_seed(tcfg.seed + 303)
-    b = min(len(latents), tcfg.batch_size)
-    z0 = latents[:b].to(device)
-    t = torch.randint(0, len(acp), (b,), generator=g).to(device)
-    eps = torch.randn(z0.shape, generator=g).to(device)
-    zt = O.add_noise(z0, eps, t, acp)
-    c = cond_index(forget_cond, torch.arange(b) % len(forget_cond["hidden"]))
-    u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
-
-    def loss_fn():
-        from .trainer import cond_cat, unet_eps
-
-        e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
-        return O.forget_gradient_loss(*e.chunk(2), eps, tcfg.guidance_w)
-
-    return loss_fn
 
 
 def erase(concept: str, model: str = "toy", anchor: str | None = None, method: str = "semu", out: str | Path | None = None,
@@ -211,7 +188,7 @@ def erase(concept: str, model: str = "toy", anchor: str | None = None, method: s
         torch.cuda.synchronize()
     unet_params = sum(p.numel() for p in unet.parameters())
     with frozen(unet):  # only the method's own parameters get gradients; the caller's requires_grad comes back
-        loss_fn = _forget_loss_closure(unet, latents, acp, forget_cond, uncond, tcfg, device) if m.needs_loss_fn else None
+        loss_fn = forget_loss_fn(unet, latents, acp, forget_cond, uncond, tcfg, device) if m.needs_loss_fn else None
         params = m.setup(unet, names, grads, loss_fn=loss_fn)
         if device.startswith("cuda"):
             torch.cuda.synchronize()

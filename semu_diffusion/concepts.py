@@ -5,6 +5,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .text import article
+
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 NUDITY_WORDS = {"nudity", "nude", "naked", "nsfw", "nakedness"}
@@ -38,8 +40,6 @@ def concept_kind(concept: str) -> str:
 
 
 def _fix_article(text: str) -> str:
-    from .toy.world import article
-
     return article(text)
 
 

@@ -176,6 +176,30 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
     return grads
 
 
+def forget_loss_fn(unet, latents, acp, forget_cond, uncond, cfg: TrainConfig, device, batches: int = 4):
+    """The forget loss L_g as a function of a batch index b (fresh graph each call; fixed seeded timesteps and noise
+    per batch), over the first ``batches`` batches of the forget set. For curvature estimates (SAP's Hessian)."""
+    B = min(len(latents), cfg.batch_size)
+    n_batches = max(1, min(batches, -(-len(latents) // B)))
+    g = torch.Generator("cpu").manual_seed(cfg.seed + 303)
+    fixed = []
+    for b in range(n_batches):
+        idx = (torch.arange(B) + b * B) % len(latents)
+        fixed.append((idx, torch.randint(0, len(acp), (B,), generator=g), torch.randn((B, *latents.shape[1:]), generator=g)))
+
+    def loss_fn(b: int = 0) -> torch.Tensor:
+        idx, t, eps = fixed[b % n_batches]
+        t, eps = t.to(device), eps.to(device)
+        zt = O.add_noise(latents[idx].to(device), eps, t, acp)
+        c = cond_index(forget_cond, idx % len(forget_cond["hidden"]))
+        u = {k: v.expand(B, *v.shape[1:]) for k, v in uncond.items()}
+        e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
+        return O.forget_gradient_loss(*e.chunk(2), eps, cfg.guidance_w)
+
+    loss_fn.batches = n_batches
+    return loss_fn
+
+
 @contextmanager
 def frozen(module: torch.nn.Module):
     """Freeze every parameter of ``module`` for the block (a method then unfreezes only what it trains), so no

@@ -5,8 +5,9 @@
   Linear/Conv2d weights, ranked globally; masked fine-tuning with the remap objective.
 - ``esd-x`` / ``esd-u``: ESD's negative-guidance target on cross-attention weights (x) or on every other
   Linear/Conv2d weight (u).
-- ``sap``:   sharpness-aware selection: the top ``sap_share`` (default 5%) of the Hessian diagonal of the forget
-  loss over the target layers, estimated with ``sap_probes`` Hutchinson probes (Rademacher v, diag ~ v * Hv).
+- ``sap``:   sharpness-aware selection: the top ``sap_share`` (default 5%) of |Hessian diagonal| of the forget
+  loss over the target layers, estimated with ``sap_probes`` Hutchinson probes (Rademacher v, diag = E[v * Hv],
+  averaged signed, abs after) over up to ``sap_batches`` (default 4) forget batches.
 
 Their deltas are dense (``W - W0`` of every touched module) and load with ``semu_diffusion.load_delta`` only.
 """
@@ -59,7 +60,8 @@ class DenseMethod(Method):
                 self.hooks.append(w.register_hook(lambda g, keep=keep: g.masked_fill(~keep, 0)))
         total = sum(p.numel() for p in params)
         chosen = int(sum(int(mask[n].sum()) for n in names)) if mask is not None else total
-        self.info = {"trainable_params": chosen, "modules": len(names), "masked": mask is not None}
+        self.info = {"trainable_params": chosen, "modules": len(names), "masked": mask is not None,
+                     **getattr(self, "info_extra", {})}
         return params
 
     @torch.no_grad()
@@ -136,29 +138,41 @@ class SAP(DenseMethod):
             raise ValueError("sap needs a forget-loss closure for its Hessian estimate")
         share = float(self.options.get("sap_share", 0.05))
         probes = int(self.options.get("sap_probes", 4))
-        return top_share_mask(hutchinson_diagonal(unet, names, loss_fn, probes), share)
+        batches = max(1, min(int(self.options.get("sap_batches", 4)), probes, getattr(loss_fn, "batches", 1)))
+        self.info_extra = {"sap_probes": probes, "sap_batches": batches, "sap_estimator": "signed Hutchinson mean, abs after"}
+        return top_share_mask(hutchinson_diagonal(unet, names, loss_fn, probes, batches=batches), share)
 
 
-def hutchinson_diagonal(unet: nn.Module, names: list[str], loss_fn, probes: int = 4, seed: int = 0
+def hutchinson_diagonal(unet: nn.Module, names: list[str], loss_fn, probes: int = 4, seed: int = 0, batches: int = 1
                         ) -> dict[str, torch.Tensor]:
-    """|diag(H)| of loss_fn() w.r.t. the named weights: mean over Rademacher v of |v * (H v)|."""
+    """|diag(H)| of the forget loss w.r.t. the named weights, by Hutchinson's estimator diag(H) = E_v[v * Hv]
+    (Rademacher v). The products are averaged signed, over ``probes`` probes spread over ``batches`` forget
+    batches (``loss_fn(b)`` is the loss on batch b), and the absolute value is taken at the end: the mean of
+    |v * Hv| would converge to E|v * Hv|, dominated by the off-diagonal terms, not to |diag(H)|."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if probes < 1 or batches < 1:
+        raise ValueError("probes and batches must be >= 1")
     ws = [unet.get_submodule(n).weight for n in names]
     req = [w.requires_grad for w in ws]
     for w in ws:
         w.requires_grad_(True)
     g = torch.Generator("cpu").manual_seed(seed)
     acc = [torch.zeros_like(w, dtype=torch.float32) for w in ws]
+    per_batch = [len(range(b, probes, batches)) for b in range(batches)]
     try:
-        for _ in range(probes):
+        for b, k in enumerate(per_batch):
+            if k == 0:
+                continue
             with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no double backward
-                grads = torch.autograd.grad(loss_fn(), ws, create_graph=True)
-                vs = [(torch.randint(0, 2, w.shape, generator=g) * 2 - 1).to(w.device, w.dtype) for w in ws]
-                hv = torch.autograd.grad(grads, ws, grad_outputs=vs)
-            for a_, v, h in zip(acc, vs, hv):
-                a_ += (v * h).float().abs() / probes
+                grads = torch.autograd.grad(loss_fn(b), ws, create_graph=True)
+                for j in range(k):
+                    vs = [(torch.randint(0, 2, w.shape, generator=g) * 2 - 1).to(w.device, w.dtype) for w in ws]
+                    hv = torch.autograd.grad(grads, ws, grad_outputs=vs, retain_graph=j < k - 1)
+                    for a_, v, h in zip(acc, vs, hv):
+                        a_ += (v * h).float() / probes
+            del grads
     finally:
         for w, r in zip(ws, req):
             w.requires_grad_(r)
-    return dict(zip(names, acc))
+    return {n: a_.abs_() for n, a_ in zip(names, acc)}

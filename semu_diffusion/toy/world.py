@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..text import article
+
 # class name -> synonym (used in ~25% of captions of that class)
 SHAPES: dict[str, str] = {
     "circle": "disc",
@@ -48,17 +50,6 @@ TEMPLATES: list[str] = [
     "an image of a {s}",
 ]
 SYNONYM_SHARE = 0.25
-
-
-def article(text: str) -> str:
-    """Fix 'a' -> 'an' before a vowel sound in a rendered caption."""
-    words = text.split(" ")
-    out = []
-    for i, w in enumerate(words):
-        if w in ("a", "an") and i + 1 < len(words):
-            w = "an" if words[i + 1][0] in "aeiou" else "a"
-        out.append(w)
-    return " ".join(out)
 
 
 def caption(template: str, shape_word: str, color: str | None) -> str:

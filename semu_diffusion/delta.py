@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,15 +30,78 @@ class DeltaError(ValueError):
     """A delta file that cannot be used with this base model; the message says why and what to do."""
 
 
-def fingerprint(unet: nn.Module, modules: list[str], samples: int = 4096) -> str:
-    """Hash of the targeted base weights: names, shapes and a fixed subsample of values rounded to fp16.
+class Fingerprint(str):
+    """The short fingerprint id (a hex string, what reports show) carrying the base signature it summarises.
 
-    Independent of the dtype the model was loaded in (fp32/fp16) and of the device.
+    :func:`save_delta` stores ``.signature`` (a sample of the base weights) next to the id, so a delta written from
+    a provenance dict whose ``base_fingerprint`` came from :func:`fingerprint` is verifiable in any load dtype.
     """
+
+    signature: dict | None = None
+
+
+SIGNATURE_VERSION = 2
+_SIG_TOTAL, _SIG_MIN, _SIG_MAX = 8192, 64, 1024  # sampled base values: in all, and per module
+
+
+def base_weight(unet: nn.Module, name: str) -> torch.Tensor:
+    """The base weight of a module, also when it is wrapped by a SEMU layer (``.base``) or a peft LoRA layer."""
+    m = unet.get_submodule(name)
+    m = getattr(m, "base", m)
+    m = getattr(m, "base_layer", m)
+    return m.weight
+
+
+def _positions(numel: int, k: int) -> torch.Tensor:
+    """``k`` indices spread over a flat tensor: evenly spaced with a deterministic integer jitter."""
+    if k >= numel:
+        return torch.arange(numel, dtype=torch.int64)
+    j = torch.arange(k, dtype=torch.int64)
+    span = max(1, numel // k)
+    return torch.clamp(j * numel // k + (j * 2654435761) % span, max=numel - 1)
+
+
+def _per_module(n_modules: int) -> int:
+    return max(_SIG_MIN, min(_SIG_MAX, _SIG_TOTAL // max(1, n_modules)))
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def base_signature(unet: nn.Module, modules: list[str]) -> dict:
+    """A fixed sample of the targeted base weights, exact in the dtype they are loaded in (stored as fp32)."""
+    import base64
+
+    k = _per_module(len(modules))
+    rows, vals = [], []
+    for name in sorted(modules):
+        w = base_weight(unet, name).detach()
+        pos = _positions(w.numel(), k)
+        vals.append(w.reshape(-1)[pos.to(w.device)].to("cpu", torch.float32))
+        rows.append([name, list(w.shape), _dtype_name(w.dtype), int(pos.numel())])
+    v = torch.cat(vals) if vals else torch.zeros(0)
+    return {"version": SIGNATURE_VERSION, "modules": rows,
+            "values": base64.b64encode(v.numpy().astype("<f4").tobytes()).decode("ascii")}
+
+
+def fingerprint(unet: nn.Module, modules: list[str], samples: int | None = None) -> Fingerprint:
+    """Fingerprint of the targeted base weights: a short id (names, shapes, dtype, sampled values) that carries the
+    full :func:`base_signature`; :func:`check_base` compares signatures independently of fp32/fp16/bf16 loads."""
+    sig = base_signature(unet, modules)
+    h = hashlib.sha256(json.dumps(sig["modules"]).encode())
+    h.update(sig["values"].encode())
+    fp = Fingerprint(h.hexdigest()[:32])
+    fp.signature = sig
+    return fp
+
+
+def legacy_fingerprint(unet: nn.Module, modules: list[str], samples: int = 4096) -> str:
+    """The format-1 fingerprint (a hash of values rounded to fp16): checks deltas written before signatures."""
     h = hashlib.sha256()
     for name in sorted(modules):
         try:
-            w = unet.get_submodule(name).weight
+            w = base_weight(unet, name)
         except AttributeError:
             h.update(f"{name}:missing".encode())
             continue
@@ -49,10 +113,83 @@ def fingerprint(unet: nn.Module, modules: list[str], samples: int = 4096) -> str
     return h.hexdigest()[:32]
 
 
-def base_weight(unet: nn.Module, name: str) -> torch.Tensor:
-    """The base weight of a module, also when it is wrapped by a SEMU layer (``.base``)."""
-    m = unet.get_submodule(name)
-    return getattr(m, "base", m).weight
+def _half_ulp(m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Half the spacing of ``dtype`` at magnitude ``m`` (float64), i.e. the largest round-to-nearest error there."""
+    fi = torch.finfo(dtype)
+    _, e = torch.frexp(m)
+    low = math.log2(fi.tiny)  # subnormals (and zero) share the spacing of the lowest normal binade
+    e = torch.where(m > 0, e.to(torch.float64) - 1, torch.full_like(m, low)).clamp(min=low)
+    return torch.exp2(e) * (fi.eps / 2)
+
+
+def _decode_dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, str(name), None)
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise DeltaError(f"base signature names an unknown dtype {name!r}: the file is damaged, re-create it")
+    return dt
+
+
+def check_base(unet: nn.Module, prov: dict, modules: list[str], path: str | Path = "delta") -> str:
+    """Verify that ``unet`` is the base the delta was made for; raise DeltaError if not. Returns how it was checked.
+
+    Signature (format 2): every sampled value must agree with the stored one within the rounding of the two dtypes
+    involved (half a unit in the last place of each; bit-exact when both dtypes are the same): the same weights
+    loaded in fp32, fp16 or bf16 always agree, while a changed base is caught down to the rounding of the dtypes
+    (1e-5 relative noise on fp32 weights is refused in every pair except fp16 against bf16, where the rounding
+    of one hides it; changes of 1e-3 are refused there too).
+    """
+    import base64
+
+    other = prov.get("base_model") or "another model"
+    sig = prov.get("base_signature")
+    if sig is None:
+        fp = prov.get("base_fingerprint")
+        if not fp:
+            return "unverified"
+        if fp == legacy_fingerprint(unet, modules):
+            return "legacy"
+        hint = ("; this delta predates dtype-independent fingerprints and checks only in fp32/fp16: load the model in "
+                "torch.float16 or torch.float32" if base_weight(unet, modules[0]).dtype == torch.bfloat16 else "") if modules else ""
+        raise DeltaError(f"{path} was made for base model {other!r} (fingerprint {fp}), not this one: erase the "
+                         f"concept again on this model{hint}")
+    rows = sig["modules"]
+    raw = base64.b64decode(sig["values"], validate=True)
+    stored = torch.frombuffer(bytearray(raw), dtype=torch.float32).to(torch.float64) if raw else torch.zeros(0, dtype=torch.float64)
+    if stored.numel() != sum(int(r[3]) for r in rows):
+        raise DeltaError(f"{path}: the base signature is damaged (value count): re-create the delta")
+    bad, worst, where, off = 0, 0.0, "", 0
+    for name, shape, dname, k in rows:
+        s = stored[off: off + k]
+        off += k
+        try:
+            w = base_weight(unet, name).detach()
+        except AttributeError:
+            raise DeltaError(f"{path} was made for {other!r}: this model has no module {name!r}") from None
+        if list(w.shape) != list(shape):
+            raise DeltaError(f"{path} was made for {other!r}: {name} has shape {tuple(w.shape)} here, {tuple(shape)} there")
+        pos = _positions(w.numel(), int(k))
+        if pos.numel() != k:
+            raise DeltaError(f"{path}: the base signature is damaged ({name}): re-create the delta")
+        cur = w.reshape(-1)[pos.to(w.device)].to("cpu", torch.float64)
+        m = torch.maximum(s.abs(), cur.abs())
+        ds = _decode_dtype(dname)
+        tol = _half_ulp(m, ds) + _half_ulp(m, w.dtype)
+        diff = (s - cur).abs()
+        off_ = ~(diff <= tol)  # NaN counts as a mismatch
+        if ds == w.dtype:  # the same rounding of the same weights is bit-exact
+            off_ |= diff > 0
+        elif ds != torch.float32 and w.dtype != torch.float32:  # fp16 vs bf16: the two intervals cannot just touch
+            off_ |= diff >= tol
+        if off_.any():
+            bad += int(off_.sum())
+            rel = float((diff[off_] / m[off_].clamp_min(1e-30)).nan_to_num(float("inf")).max())
+            if rel >= worst:
+                worst, where = rel, name
+    if bad:
+        raise DeltaError(f"{path} was made for base model {other!r}, not this one ({bad} of {len(stored)} sampled base "
+                         f"weights differ beyond dtype rounding, up to {worst:.1e} relative in {where}): erase the "
+                         "concept again on this model")
+    return "signature"
 
 
 def _lora_metadata(delta: Delta) -> dict:
@@ -97,14 +234,56 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
     return p
 
 
-def save_delta(path: str | Path, delta: Delta, provenance: dict) -> Path:
+LOCAL_PATHS_ENV = "SEMU_PROVENANCE_LOCAL_PATHS"  # "1": keep local paths in the provenance (opt-in)
+_PATH_FIELDS = ("base_model", "forget_images", "forget_prompts_file", "retain_prompts_file", "prompts_file")
+
+
+def _looks_local(v: str) -> bool:
+    return (os.path.isabs(v) or v.startswith(("~", "./", "../", ".\\")) or "\\" in v
+            or (os.sep in v and v.count("/") != 1)) and "\n" not in v
+
+
+def public_provenance(prov: dict, keep_local_paths: bool | None = None) -> dict:
+    """The provenance without anything machine-specific: local paths become the hub id (for a Hugging Face cache
+    folder) or the folder/file name. ``keep_local_paths`` (or ``SEMU_PROVENANCE_LOCAL_PATHS=1``) opts out."""
+    from .loading import model_label
+
+    if keep_local_paths is None:
+        keep_local_paths = os.environ.get(LOCAL_PATHS_ENV, "") == "1"
+    if keep_local_paths:
+        return dict(prov)
+
+    def clean(key, v):
+        if isinstance(v, str):
+            if key in _PATH_FIELDS and v and (_looks_local(v) or os.path.exists(v)) and v != "toy":
+                return model_label(v) if key == "base_model" else Path(v.rstrip("/\\")).name
+            if os.path.isabs(v) and "\n" not in v and len(v) < 4096 and os.path.exists(v):
+                return Path(v).name
+            return v
+        if isinstance(v, dict):
+            return {k: clean(k, x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(None, x) for x in v]
+        return v
+
+    return {k: clean(k, v) for k, v in prov.items()}
+
+
+def save_delta(path: str | Path, delta: Delta, provenance: dict, keep_local_paths: bool | None = None) -> Path:
+    """Write ``delta`` with its provenance (local paths removed unless ``keep_local_paths``; the base signature
+    carried by a :class:`Fingerprint` in ``base_fingerprint`` is stored as ``base_signature``)."""
     tensors: dict[str, torch.Tensor] = {}
     for n, (B, A) in delta.lora.items():
         tensors[f"{PREFIX}{n}.lora_A.weight"] = A.float().cpu()
         tensors[f"{PREFIX}{n}.lora_B.weight"] = B.float().cpu()
     for n, dw in delta.dense.items():
         tensors[f"{PREFIX}{n}.delta_weight"] = dw.float().cpu()
-    prov = dict(provenance)
+    prov = public_provenance(dict(provenance), keep_local_paths)
+    sig = getattr(provenance.get("base_fingerprint"), "signature", None)
+    if sig is not None and "base_signature" not in prov:
+        prov["base_signature"] = sig
+    if isinstance(prov.get("base_fingerprint"), str):
+        prov["base_fingerprint"] = str(prov["base_fingerprint"])
     prov.update({"format_version": FORMAT_VERSION, "delta_format": delta.format})
     meta = {"format": "pt", PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
     if delta.lora:
@@ -113,82 +292,62 @@ def save_delta(path: str | Path, delta: Delta, provenance: dict) -> Path:
 
 
 def read_delta(path: str | Path, allow_pickle: bool = False) -> tuple[Delta, dict]:
-    """Read a delta file -> (Delta, provenance). Refuses pickle files unless ``allow_pickle``."""
-    from safetensors import safe_open
+    """Read and check a delta file -> (Delta, provenance), without a base model to compare with.
 
-    p = Path(path)
-    if not p.exists():
-        raise DeltaError(f"delta file {p} not found")
-    if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"):
-        if not allow_pickle:
-            raise DeltaError(f"{p} is a pickle checkpoint, which can run code when loaded: convert it to .safetensors "
-                             "or pass allow_pickle=True if you trust it")
-        raise DeltaError(f"{p}: pickle deltas are not a semu-diffusion format; convert it to .safetensors")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for corrupt headers
-        raise DeltaError(f"{p} is not a readable safetensors file ({type(e).__name__}): re-create it with semu-erase") from None
-    if PROVENANCE_KEY not in meta:
-        raise DeltaError(f"{p} has no {PROVENANCE_KEY} header: it was not written by semu-erase (load plain LoRAs with "
-                         "pipe.load_lora_weights)")
-    prov = json.loads(meta[PROVENANCE_KEY])
-    if prov.get("format_version", 0) > FORMAT_VERSION:
-        raise DeltaError(f"{p} has format version {prov['format_version']}; upgrade semu-diffusion to read it")
-    d = Delta(format=prov.get("delta_format", "lora"))
-    for k, v in tensors.items():
-        if not k.startswith(PREFIX):
-            raise DeltaError(f"{p}: unexpected key {k!r}")
-        body = k[len(PREFIX):]
-        if body.endswith(".lora_A.weight"):
-            n = body[: -len(".lora_A.weight")]
-            B = tensors.get(f"{PREFIX}{n}.lora_B.weight")
-            if B is None:
-                raise DeltaError(f"{p}: {n} has lora_A but no lora_B; the file is damaged, re-create it")
-            d.lora[n] = (B, v)
-            d.ranks[n] = int(v.shape[0])
-        elif body.endswith(".delta_weight"):
-            d.dense[body[: -len(".delta_weight")]] = v
-        elif not body.endswith(".lora_B.weight"):
-            raise DeltaError(f"{p}: unexpected key {k!r}")
-    return d, prov
+    Runs every file-level check of :func:`semu_diffusion.validate.validate_delta` (the fingerprint is not required).
+    """
+    from .validate import validate_delta as _validate
+
+    return _validate(path, None, allow_unverified=True, allow_pickle=allow_pickle)
 
 
 def validate_delta(unet: nn.Module, delta: Delta, prov: dict, path: str | Path = "delta") -> None:
-    """Check that the delta was made for this UNet: module names, shapes and the base fingerprint."""
-    for n in delta.modules():
-        try:
-            w = base_weight(unet, n)
-        except AttributeError:
-            raise DeltaError(f"{path} targets module {n!r}, which this model does not have: it was made for "
-                             f"{prov.get('base_model', 'another model')}") from None
-        dw = delta.delta_weight(n)
-        if dw.numel() != w.numel() or (n in delta.dense and tuple(dw.shape) != tuple(w.shape)):
-            raise DeltaError(f"{path}: shape of {n} does not match this model ({tuple(w.shape)}): it was made for "
-                             f"{prov.get('base_model', 'another model')}")
-    fp = prov.get("base_fingerprint")
-    if fp and fp != fingerprint(unet, delta.modules()):
-        raise DeltaError(f"{path} was made for base model {prov.get('base_model')!r} (fingerprint {fp}), not this one: "
-                         "erase the concept again on this model")
+    """Deprecated form kept for callers of the first API: shapes against ``unet`` and the base fingerprint.
+
+    Use :func:`semu_diffusion.validate.validate_delta` (``path, pipe``), which also checks the file itself.
+    """
+    from .validate import check_against_unet
+
+    check_against_unet(unet, delta, prov, path, allow_unverified=True)
+
+
+def _lora_part(delta: Delta) -> dict[str, torch.Tensor]:
+    return {f"{PREFIX}{n}.{k}.weight": t.float().cpu().contiguous()
+            for n, (B, A) in delta.lora.items() for k, t in (("lora_A", A), ("lora_B", B))}
 
 
 def load_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: str | None = None,
-               allow_pickle: bool = False) -> str:
+               allow_pickle: bool = False, allow_unverified: bool = False) -> str:
     """Validate a delta against ``pipe`` and apply it, scaled by ``strength``. Returns the adapter name.
 
-    LoRA deltas load through diffusers/peft (``set_adapters`` then scales, ``unload_lora_weights`` removes);
-    dense deltas are added to the weights (remove them with :func:`remove_delta`).
+    Every check runs before anything changes (:func:`semu_diffusion.validate.validate_delta`); a delta without a
+    base fingerprint is refused unless ``allow_unverified``. LoRA deltas load through diffusers/peft
+    (``set_adapters`` then scales, ``unload_lora_weights`` removes); dense deltas are added to the weights (remove
+    them with :func:`remove_delta`).
     """
-    delta, prov = read_delta(path, allow_pickle=allow_pickle)
-    validate_delta(pipe.unet, delta, prov, path)
+    from .validate import validate_delta as _validate
+
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise DeltaError(f"strength must be a finite number, got {strength!r}")
+    delta, prov = _validate(path, pipe, allow_unverified=allow_unverified, allow_pickle=allow_pickle)
     name = adapter_name or f"semu_{Path(path).stem}"
     if delta.lora:
-        if delta.dense:  # diffusers refuses files with non-LoRA keys: hand it the LoRA part only
-            src = {f"{PREFIX}{n}.{k}.weight": t for n, (B, A) in delta.lora.items() for k, t in (("lora_A", A), ("lora_B", B))}
-        else:
-            src = str(path)
-        pipe.load_lora_weights(src, adapter_name=name)
+        try:
+            existing = set(pipe.get_list_adapters().get("unet", []))
+        except Exception:  # no adapters loaded yet (older diffusers raise here)
+            existing = set()
+        if name in existing:
+            raise DeltaError(f"an adapter named {name!r} is already loaded: pass another adapter_name or unload it first")
+        if delta.dense:  # diffusers refuses files with non-LoRA keys: hand it the LoRA part, with its metadata header
+            from safetensors.torch import save_file
+
+            with tempfile.TemporaryDirectory(prefix="semu-lora-") as td:
+                part = Path(td) / "lora.safetensors"
+                save_file(_lora_part(delta), str(part),
+                          metadata={"format": "pt", LORA_METADATA_KEY: json.dumps(_lora_metadata(delta), sort_keys=True)})
+                pipe.load_lora_weights(td, weight_name=part.name, adapter_name=name)
+        else:  # folder + weight_name: the form every diffusers >= 0.35 accepts offline
+            pipe.load_lora_weights(str(Path(path).parent), weight_name=Path(path).name, adapter_name=name)
         pipe.set_adapters([name], adapter_weights=[float(strength)])
     if delta.dense:
         apply_dense(pipe.unet, delta, strength)
@@ -210,16 +369,32 @@ def remove_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: st
         pipe.delete_adapters([adapter_name or f"semu_{Path(path).stem}"])
 
 
-def to_kohya(path: str | Path, out: str | Path) -> Path:
-    """Convert a LoRA delta to kohya/A1111/ComfyUI key names (lora_unet_*.lora_down/lora_up/.alpha)."""
-    delta, prov = read_delta(path)
+def to_kohya(path: str | Path, out: str | Path, allow_unverified: bool = False) -> Path:
+    """Convert a LoRA delta to kohya/A1111/ComfyUI key names (lora_unet_*.lora_down/lora_up/.alpha).
+
+    Written at one uniform rank (the largest; smaller factors zero-padded, which adds nothing to B @ A) with
+    alpha = rank everywhere, so the scale is 1 in every loader, whether or not it matches per-module alphas.
+    """
+    from .validate import validate_delta as _validate
+
+    delta, prov = _validate(path, None, allow_unverified=allow_unverified)
     if delta.dense:
-        raise DeltaError(f"{path} holds dense updates, which kohya LoRA files cannot express")
+        raise DeltaError(f"{path} holds dense updates, which kohya LoRA files cannot express: export a flat SEMU delta")
+    if not delta.lora:
+        raise DeltaError(f"{path} holds no LoRA factors to export")
+    R = max(int(A.shape[0]) for _, A in delta.lora.values())
     tensors = {}
     for n, (B, A) in delta.lora.items():
+        r = int(A.shape[0])
         k = "lora_unet_" + n.replace(".", "_")
-        tensors[f"{k}.lora_down.weight"] = A.float()
-        tensors[f"{k}.lora_up.weight"] = B.float()
-        tensors[f"{k}.alpha"] = torch.tensor(float(A.shape[0]))
-    meta = {"ss_network_module": "networks.lora", PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
+        down = torch.zeros((R, *A.shape[1:]), dtype=torch.float32)
+        down[:r] = A.float()
+        up = torch.zeros((B.shape[0], R, *B.shape[2:]), dtype=torch.float32)
+        up[:, :r] = B.float()
+        tensors[f"{k}.lora_down.weight"] = down
+        tensors[f"{k}.lora_up.weight"] = up
+        tensors[f"{k}.alpha"] = torch.tensor(float(R))
+    prov = dict(prov, kohya_rank=R)
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(R), "ss_network_alpha": str(float(R)),
+            PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
     return atomic_save(tensors, out, meta)

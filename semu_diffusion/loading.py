@@ -10,6 +10,23 @@ class ModelLoadError(ValueError):
     pass
 
 
+def model_label(loc: str) -> str:
+    """A name for a model that is safe to share: the hub id for a Hugging Face cache folder
+    (``.../models--org--name/snapshots/<rev>`` -> ``org/name``), a hub id as is, else the folder's name."""
+    s = str(loc).strip()
+    if s == "toy":
+        return s
+    parts = [x for x in s.replace("\\", "/").split("/") if x]
+    for part in reversed(parts):
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part[len("models--"):].replace("--", "/", 1)
+    p = Path(s).expanduser()
+    if not p.exists() and not s.startswith((".", "/", "~")) and s.count("/") == 1 and "\\" not in s:
+        return s  # a hub id
+    name = p.resolve().name if s in (".", "..") or s.endswith(("/.", "/..")) else (parts[-1] if parts else s)
+    return name or "local-model"
+
+
 def resolve_model(model: str | None) -> tuple[str, str]:
     """-> (kind, location) with kind in {"toy", "dir", "hub"}."""
     m = (model or "toy").strip()
@@ -51,5 +68,6 @@ def load_pipeline(model: str | None = None, device: str = "cpu", dtype: torch.dt
         pipe = pipe.to(device)
     if not hasattr(pipe, "unet"):
         raise ModelLoadError(f"{loc} has no UNet: SEMU supports Stable-Diffusion-family UNet pipelines")
-    pipe.semu_model_id = "toy" if kind == "toy" else loc
+    pipe.semu_model_id = "toy" if kind == "toy" else model_label(loc)  # shareable: no local path
+    pipe.semu_model_path = loc  # where it was loaded from, on this machine
     return pipe

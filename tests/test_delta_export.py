@@ -14,6 +14,11 @@ CONV1x1 = "down_blocks.0.attentions.0.proj_in"
 CONV3x3 = "down_blocks.1.resnets.0.conv1"
 
 
+def _stock_load(pipe, path, name):
+    """Stock diffusers loading of a file (folder + weight_name: the form diffusers 0.35 accepts offline)."""
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+
+
 def _unet_out(unet, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, 8, 8, generator=g)
@@ -88,7 +93,7 @@ def test_diffusers_load_lora_matches_merged(random_pipe, tmp_path):
         assert torch.equal(v, w0[k])
     y_ref = _unet_out(merged)
     y_base = _unet_out(unet)
-    random_pipe.load_lora_weights(str(path), adapter_name="semu")
+    _stock_load(random_pipe, path, "semu")
     y_lora = _unet_out(unet)
     rel = ((y_lora - y_ref).norm() / y_ref.norm()).item()
     assert rel <= 1e-5, rel
@@ -143,10 +148,73 @@ def test_kohya_export_loads_in_diffusers(random_pipe, tmp_path):
     with safe_open(str(k), "pt") as f:
         keys = list(f.keys())
     assert any(x.endswith(".alpha") for x in keys) and all(x.startswith("lora_unet_") for x in keys)
-    random_pipe.load_lora_weights(str(k), adapter_name="kohya")
+    _stock_load(random_pipe, k, "kohya")
     y = _unet_out(random_pipe.unet)
     y_ref = _unet_out(merged)
     assert ((y - y_ref).norm() / y_ref.norm()).item() <= 1e-5
+
+
+def test_kohya_copy_equals_main_file_through_diffusers_converter(random_pipe, tmp_path):
+    """All targets (attention + conv), mixed ranks: diffusers' kohya converter gives exactly the main file's UNet."""
+    path, merged, delta = _make_delta(random_pipe, tmp_path, r_max=6)
+    assert len(set(delta.ranks.values())) > 1
+    k = to_kohya(path, tmp_path / "kohya.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(k), "pt") as f:
+        alphas = {float(f.get_tensor(x)) for x in f.keys() if x.endswith(".alpha")}
+        ranks = {f.get_tensor(x).shape[0] for x in f.keys() if x.endswith(".lora_down.weight")}
+    R = max(delta.ranks.values())
+    assert alphas == {float(R)} and ranks == {R}  # one uniform rank, alpha = rank: no per-module alpha needed
+    _stock_load(random_pipe, path, "main")
+    y_main = _unet_out(random_pipe.unet)
+    random_pipe.unload_lora_weights()
+    _stock_load(random_pipe, k, "kohya")
+    y_kohya = _unet_out(random_pipe.unet)
+    y_ref = _unet_out(merged)
+    assert ((y_kohya - y_main).norm() / y_main.norm()).item() <= 1e-6
+    assert ((y_kohya - y_ref).norm() / y_ref.norm()).item() <= 1e-5
+    for n in delta.modules():  # and per module: the converter's delta weight is B @ A at scale 1
+        dw = random_pipe.unet.get_submodule(n).get_delta_weight("kohya")
+        assert torch.allclose(dw, delta.delta_weight(n).reshape(dw.shape), rtol=1e-5, atol=1e-7), n
+
+
+def test_mixed_delta_passes_lora_metadata(random_pipe, tmp_path):
+    """A delta with dense and mixed-rank LoRA parts loads at scale 1 per module (metadata handed to diffusers)."""
+    from semu_diffusion.methods.base import Delta
+
+    path, merged, delta = _make_delta(random_pipe, tmp_path, r_max=6)
+    assert len(set(delta.ranks.values())) > 1
+    unet = random_pipe.unet
+    g = torch.Generator().manual_seed(5)
+    dense_name = CONV3x3
+    B, A = delta.lora.pop(dense_name)
+    delta.ranks.pop(dense_name)
+    dw = (B.reshape(B.shape[0], -1) @ A.reshape(A.shape[0], -1)).reshape(unet.get_submodule(dense_name).weight.shape)
+    dw = dw + 0.01 * torch.randn(dw.shape, generator=g)
+    mixed = Delta(format="mixed", lora=delta.lora, dense={dense_name: dw}, ranks=delta.ranks)
+    mpath = save_delta(tmp_path / "mixed.safetensors", mixed,
+                       {"method": "semu", "base_model": "random", "base_fingerprint": fingerprint(unet, mixed.modules())})
+    w0 = {k: v.clone() for k, v in unet.state_dict().items()}
+    name = load_delta(random_pipe, mpath)
+    for n in mixed.lora:
+        d = unet.get_submodule(n).get_delta_weight(name)
+        assert torch.allclose(d, mixed.delta_weight(n).reshape(d.shape), rtol=1e-5, atol=1e-7), n
+    w = unet.get_submodule(dense_name)
+    w = getattr(w, "base_layer", w).weight
+    assert torch.allclose(w, w0[dense_name + ".weight"] + dw, atol=1e-6)
+
+
+def test_fused_then_unloaded_keeps_fused_weights(random_pipe, tmp_path):
+    """What the README says: fuse_lora() then unload_lora_weights() keeps the erasure; unfuse_lora() first restores."""
+    unet = random_pipe.unet
+    w0 = unet.get_submodule(LINEAR).weight.detach().clone()
+    path, _, delta = _make_delta(random_pipe, tmp_path, [LINEAR])
+    load_delta(random_pipe, path)
+    random_pipe.fuse_lora()
+    random_pipe.unload_lora_weights()
+    kept = unet.get_submodule(LINEAR).weight
+    assert torch.allclose(kept, w0 + delta.delta_weight(LINEAR), atol=1e-6)
 
 
 def test_delta_for_other_model_is_refused(random_pipe, tmp_path):

@@ -43,6 +43,45 @@ def _known_errors():
     return (ValueError, FileNotFoundError, DeltaError, ModelLoadError, TrainingDiverged, PermissionError)
 
 
+def _cli_entry(prog: str):
+    """Exit codes of every CLI: 0 done, 2 bad input (one line), 130 Ctrl-C (one line), 1 internal error (one line;
+    the traceback with --debug or SEMU_DEBUG=1). Outputs are written atomically, so an interrupt leaves none half-written."""
+    import functools
+
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> None:
+            args = list(sys.argv[1:] if argv is None else argv)
+            debug = "--debug" in args or os.environ.get("SEMU_DEBUG", "") == "1"
+            args = [x for x in args if x != "--debug"]
+            try:
+                return main(args)
+            except SystemExit:
+                raise
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted (Ctrl-C): stopped, no output file left half-written", file=sys.stderr)
+                raise SystemExit(130) from None
+            except Exception as e:
+                import traceback
+
+                if debug:
+                    traceback.print_exc()
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+                if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+                    print(f"{prog}: error: out of memory ({msg}): lower --batch-size, --resolution or the number of "
+                          "images", file=sys.stderr)
+                    raise SystemExit(2) from None
+                if isinstance(e, (*_known_errors(), IsADirectoryError, NotADirectoryError)):
+                    print(f"{prog}: error: {msg}", file=sys.stderr)
+                    raise SystemExit(2) from None
+                print(f"{prog}: internal error: {type(e).__name__}: {msg}"
+                      + ("" if debug else " (rerun with --debug for the traceback, and please report it)"), file=sys.stderr)
+                raise SystemExit(1) from None
+        return run
+
+    return wrap
+
+
 def _check_out_path(prog: str, out: str) -> None:
     d = os.path.dirname(os.path.abspath(out))
     if not out.endswith(".safetensors"):
@@ -53,6 +92,7 @@ def _check_out_path(prog: str, out: str) -> None:
         _fail(prog, f"output folder {d} is not writable: choose another --out")
 
 
+@_cli_entry("semu-erase")
 def erase_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="semu-erase", description="Erase a concept from a Stable Diffusion model with SEMU "
                                 "and write a diffusers-loadable delta (.safetensors).")
@@ -134,12 +174,14 @@ def erase_main(argv: list[str] | None = None) -> None:
         print(json.dumps(s))
 
 
+@_cli_entry("semu-eval")
 def eval_main(argv: list[str] | None = None) -> None:
     from .evaluate import main
 
     main(argv)
 
 
+@_cli_entry("semu-toy")
 def toy_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="semu-toy", description="The embedded toy world: train its models or check them.")
     sub = p.add_subparsers(dest="cmd", required=True)

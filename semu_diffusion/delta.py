@@ -301,14 +301,16 @@ def read_delta(path: str | Path, allow_pickle: bool = False) -> tuple[Delta, dic
     return _validate(path, None, allow_unverified=True, allow_pickle=allow_pickle)
 
 
-def validate_delta(unet: nn.Module, delta: Delta, prov: dict, path: str | Path = "delta") -> None:
-    """Deprecated form kept for callers of the first API: shapes against ``unet`` and the base fingerprint.
+def validate_delta(unet: nn.Module, delta: Delta, prov: dict, path: str | Path = "delta",
+                   allow_unverified: bool = False) -> None:
+    """Deprecated form kept for callers of the first API: shapes against ``unet`` and the base fingerprint
+    (required unless ``allow_unverified``, as in :func:`load_delta`).
 
     Use :func:`semu_diffusion.validate.validate_delta` (``path, pipe``), which also checks the file itself.
     """
     from .validate import check_against_unet
 
-    check_against_unet(unet, delta, prov, path, allow_unverified=True)
+    check_against_unet(unet, delta, prov, path, allow_unverified=allow_unverified)
 
 
 def _lora_part(delta: Delta) -> dict[str, torch.Tensor]:

@@ -138,6 +138,9 @@ def _read_header(p: Path, size: int) -> tuple[dict, dict]:
         raise DeltaError(f"{p}: the safetensors metadata must map strings to strings: the file is damaged, re-create it")
     if len(header) > MAX_TENSORS:
         raise DeltaError(f"{p} holds {len(header)} tensors (limit {MAX_TENSORS}): not a semu-diffusion delta")
+    if meta.get("ss_network_module") or any(k.startswith(("lora_unet_", "lora_te")) for k in header):
+        raise DeltaError(f"{p} is a kohya/A1111 LoRA copy: load it with pipe.load_lora_weights, or pass the main delta "
+                         "file written by semu-erase")
     body = size - 8 - n
     for k, e in header.items():
         if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):

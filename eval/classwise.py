@@ -35,7 +35,7 @@ def main(argv=None):
 
     from semu_diffusion import erase
     from semu_diffusion.cli import _quiet_libraries
-    from semu_diffusion.evaluate import EvalConfig, run_eval
+    from semu_diffusion.evaluation import EvalConfig, run_eval
     from semu_diffusion.loading import load_pipeline
     from semu_diffusion.methods import available_methods
     from semu_diffusion.toy import world

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -176,9 +177,82 @@ def erase_main(argv: list[str] | None = None) -> None:
 
 @_cli_entry("semu-eval")
 def eval_main(argv: list[str] | None = None) -> None:
-    from .evaluate import main
+    """semu-eval: parse, validate every option before any work, run semu_diffusion.evaluation, print."""
 
-    main(argv)
+    class _OneLineParser(argparse.ArgumentParser):
+        def error(self, message):  # argparse's usage + message, as one line and exit code 2
+            _fail(self.prog, f"{message} (see --help)")
+
+    p = _OneLineParser(prog="semu-eval", description="Generate images for prompt sets with the base model and each "
+                       "delta (paired seeds) and measure erasure: judges (toy, clip, imagenet, nudenet), FD/KID, CLIP score.")
+    p.add_argument("--model", default="toy")
+    p.add_argument("--delta", action="append", default=[], help="delta file (repeatable)")
+    p.add_argument("--prompts", action="append", default=None,
+                   help="prompt set name in prompts/ or a .txt/.csv file (ours, I2P or ESD format; repeatable)")
+    p.add_argument("--filter", action="append", default=[], metavar="COL=VALUE",
+                   help="keep CSV rows whose column matches, e.g. categories=sexual (repeatable)")
+    p.add_argument("--max-prompts", type=int, default=None, help="first N rows of each set (after --filter)")
+    p.add_argument("--per-prompt", type=int, default=20)
+    p.add_argument("--out", default="eval-out")
+    p.add_argument("--forget-label", default=None, help="the erased class: prints UA and RA")
+    p.add_argument("--judge", action="append", default=None, metavar="SPEC",
+                   help="toy | clip:<open_clip model>[:<pretrained>] | imagenet:<torchvision model> | nudenet "
+                        "(repeatable; default: toy for the toy model)")
+    p.add_argument("--list-judges", action="store_true", help="print the judge kinds and exit")
+    p.add_argument("--nudenet-threshold", type=float, default=0.6, help="NudeNet detection score threshold, in [0,1]")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None, help="overrides per-row CSV guidance")
+    p.add_argument("--resolution", type=int, default=None, help="image size, overrides per-row CSV sizes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--fd", choices=["clip", "inception", "none"], default="clip")
+    p.add_argument("--real-images", default=None, metavar="DIR", help="folder of real png/jpg images: FD/KID against it")
+    p.add_argument("--kid-subset", type=int, default=1000)
+    p.add_argument("--clip-model", default="toy", help="'toy' or an open_clip model: CLIP score and FD-CLIP features")
+    p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag (must be in the local cache)")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if a.list_judges:
+        from .evaluation import available_judges
+
+        print("\n".join(available_judges().values()))
+        return
+    _quiet_libraries()
+    from .evaluation import EvalConfig, JudgeUnavailable, run_eval
+
+    try:
+        cfg = EvalConfig(model=a.model, deltas=a.delta, prompt_sets=a.prompts or ["toy_classes"], per_prompt=a.per_prompt,
+                         out=a.out, forget_label=a.forget_label, steps=a.steps, guidance_scale=a.guidance_scale, seed=a.seed,
+                         batch_size=a.batch_size, fd=a.fd, clip_model=a.clip_model, clip_pretrained=a.clip_pretrained,
+                         judges=a.judge, nudenet_threshold=a.nudenet_threshold, real_images=a.real_images,
+                         kid_subset=a.kid_subset, filters=a.filter, resolution=a.resolution, strength=a.strength,
+                         device=a.device, max_prompts=a.max_prompts)
+        rep = run_eval(cfg)
+    except KeyboardInterrupt:
+        print(f"{p.prog}: interrupted: the images made so far are cached under {a.out}; rerun to resume", file=sys.stderr)
+        raise SystemExit(130)
+    except (*_known_errors(), JudgeUnavailable, ImportError) as e:
+        _fail(p.prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if not rep:
+        return
+    for sname, res in rep["results"].items():
+        print(f"[{sname}]")
+        for v, r in res.items():
+            bits = [f"{k}={r[k]:.3f}" for k in ("detection_rate", "accuracy", "UA", "RA", "fd_clip_retained_vs_real",
+                                                 "fd_inception_retained_vs_real", "kid_clip_retained_vs_real",
+                                                 "fd_clip_retained_vs_base", "clip_score_retained") if k in r]
+            for jn, s in r["judges"].items():
+                if "counts" in s:
+                    ratio = s.get("ratio_to_base")
+                    bits.append(f"{jn}: exposed={s['total']} share={s['share_with_exposed']:.3f}"
+                                + (f" ratio={ratio:.3f}" if ratio is not None else ""))
+            print(f"  {v:>16}: " + "  ".join(bits))
+    print(f"report: {Path(a.out) / 'report.html'}  ({rep['timing']['seconds']:.1f} s, "
+          f"{rep['timing']['images_generated']} images generated)")
+    if a.json:
+        print(json.dumps({"results": rep["results"], "timing": rep["timing"]}, default=float))
 
 
 @_cli_entry("semu-toy")

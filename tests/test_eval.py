@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from semu_diffusion.evaluate import EvalConfig, load_prompt_set, main as eval_main, run_eval
+from semu_diffusion.cli import eval_main
+from semu_diffusion.evaluation import EvalConfig, load_prompt_set, run_eval
 
 PER = 10
 

@@ -1,4 +1,9 @@
-"""Public entry point: ``erase(concept, ...)`` -> writes a delta file and returns its summary."""
+"""Public entry point: ``erase(concept, ...)`` -> writes a delta file and returns its summary.
+
+An erasure is six named stages over one :class:`EraseRun`: :func:`make_forget_set` -> :func:`make_base_targets`
+-> :func:`compute_forget_gradient` -> :func:`setup_method` -> :func:`train_method` -> :func:`export_delta`.
+Options are one :class:`~semu_diffusion.config.EraseConfig`.
+"""
 from __future__ import annotations
 
 import time
@@ -9,12 +14,14 @@ import torch
 
 from . import __version__
 from .concepts import plan_concept, warn_unseen_concept
+from .config import ConfigError, EraseConfig, PAPER_PRESETS, config_from_kwargs, image_files, resolve, warn_large_work
 from .delta import fingerprint, save_delta
 from .generation import generate
 from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
-from .trainer import Conditioner, TrainConfig, cast_frozen, forget_gradient, forget_loss_fn, frozen, make_schedule, restore_frozen, train
+from .trainer import (Conditioner, TrainConfig, cast_frozen, forget_gradient, forget_loss_fn, frozen, make_schedule,
+                      restore_frozen, train)
 
 
 @dataclass
@@ -25,21 +32,47 @@ class EraseResult:
     provenance: dict = field(default_factory=dict)
 
 
-def _pick(v, recipe_section: dict, key: str, default):
-    if v is not None:
-        return v
-    return recipe_section.get(key, default)
+@dataclass
+class EraseRun:
+    """The state one erasure carries from stage to stage."""
+
+    cfg: EraseConfig
+    pipe: object
+    model_id: str
+    recipe: object
+    plan: object
+    names: list[str]
+    method: object
+    mcfg: MethodConfig
+    tcfg: TrainConfig
+    accelerator: object
+    device: str
+    cond: dict = field(default_factory=dict)  # forget / anchor / uncond embeddings
+    acp: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    train_latents: torch.Tensor | None = None
+    n_anchor: int = 0
+    retain_latents: torch.Tensor | None = None
+    retain_cond: dict | None = None
+    schedule: object = None
+    grads: dict | None = None
+    params: list | None = None
+    train_result: dict | None = None
+    stage: dict = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def unet(self):
+        return self.pipe.unet
 
 
 @torch.no_grad()
 def encode_images(pipe, folder: str | Path, resolution: int, device: str) -> torch.Tensor:
-    """User forget images (png/jpg in a folder) -> scaled VAE latents (mean of the posterior)."""
+    """User forget images (png/jpg/webp in a folder) -> scaled VAE latents (mean of the posterior)."""
     import numpy as np
     from PIL import Image
 
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if not files:
-        raise ValueError(f"no .png/.jpg images in {folder}: pass a folder of images of the concept")
+    files = image_files(folder)
     x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((resolution, resolution), Image.BICUBIC)) for f in files])
     t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device, pipe.vae.dtype)
     lat = torch.cat([pipe.vae.encode(t[i : i + 16]).latent_dist.mean for i in range(0, len(t), 16)])
@@ -53,9 +86,9 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
         out = [p for p in retain_prompts if p.strip()]
     elif retain_prompts:
         p = Path(retain_prompts)
-        if not p.exists():
+        if not p.is_file():
             raise FileNotFoundError(f"retain prompt file {p} not found")
-        out = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        out = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")]
     else:
         from .concepts import OBJECT_TEMPLATES, _fix_article
 
@@ -67,176 +100,274 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     return out
 
 
-def erase(concept: str, model: str = "toy", anchor: str | None = None, method: str = "semu", out: str | Path | None = None,
-          steps: int | None = None, lr: float | None = None, tau: float | None = None, r_max: int | None = None,
-          r_min: int | None = None, project: bool | None = None, conv_mode: str = "flat", batch_size: int | None = None,
-          grad_accum: int = 1, forget_n: int | None = None, forget_prompts: str | None = None, kind: str | None = None,
-          retain_weight: float | None = None, retain_prompts: str | list[str] | None = None,
-          mixed_precision: str = "no", device: str | None = None, seed: int = 0,
-          preset: str | None = None, targets: str | None = None, resolution: int | None = None,
-          curriculum: bool = False, method_options: dict | None = None, gen_steps: int | None = None,
-          forget_images: str | Path | None = None, anchor_share: float | None = None, pipe=None,
-          progress: bool = True,
-          log=print) -> EraseResult:
-    """Erase ``concept`` from ``model`` with ``method`` and write the delta to ``out`` (if given).
+def next_class(concept: str, classes: list[str]) -> str | None:
+    """The class after ``concept`` in ``classes`` (cyclic): the official SEMU remap target c'."""
+    low = [c.lower() for c in classes]
+    if concept.strip().lower() not in low:
+        return None
+    return classes[(low.index(concept.strip().lower()) + 1) % len(classes)]
 
-    Defaults come from the model family's recipe in pipelines/<family>.toml. The base model is never modified
-    on disk; the in-memory UNet is restored to its base weights before returning.
-    """
+
+# ---- stage 0: model, recipe, options, plan ----------------------------------------------------------------------
+def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> EraseRun:
+    """Load the model (unless given), resolve every option against its recipe, plan the concept, pick targets."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    t_all = time.time()
-    method_cls = get_method(method)  # fail on an unknown method before loading anything
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    stage: dict[str, float] = {}
     t0 = time.time()
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if pipe is None:
-        pipe = load_pipeline(model, device=device)
+        pipe = load_pipeline(cfg.model, device=device)
         model_id = pipe.semu_model_id
     else:
         model_id = getattr(pipe, "semu_model_id", None) or getattr(pipe, "name_or_path", None) or "user-pipeline"
-    stage["load"] = time.time() - t0
+    load_s = time.time() - t0
     unet = pipe.unet
-    recipe = recipe_for(unet.config, preset)
-    S, G = recipe.semu, recipe.generate
-    T = dict(recipe.train)
-    mdef = dict(recipe.methods.get(method, {}))
-    T.update({k: mdef.pop(k) for k in list(mdef) if k in ("steps", "lr", "batch_size", "forget_n", "retain_weight", "anchor_share")})
-    method_options = {**mdef, **(method_options or {})}
-    plan = plan_concept(concept, anchor=anchor, kind=kind, prompts_file=forget_prompts,
+    recipe = recipe_for(unet.config, cfg.recipe)
+    cfg = resolve(cfg, recipe)
+    warn_large_work(cfg)
+    anchor = cfg.anchor
+    if anchor is None and cfg.preset == "semu-paper":
+        anchor = next_class(cfg.concept, recipe.train.get("retain_concepts", []))
+    plan = plan_concept(cfg.concept, anchor=anchor, kind=cfg.kind, prompts_file=cfg.forget_prompts,
                         default_object_anchors=recipe.train.get("object_anchors"))
     if model_id == "toy":
         from .toy import world
 
-        known = set(world.SHAPE_NAMES) | set(world.SYNONYMS) | set(world.COLOR_NAMES)
-        warn_unseen_concept(plan.concept, known)
-    include = [targets] if targets else recipe.include
-    names = select_targets(unet, include, [] if targets else recipe.exclude)
+        warn_unseen_concept(plan.concept, set(world.SHAPE_NAMES) | set(world.SYNONYMS) | set(world.COLOR_NAMES))
+    include = [cfg.targets] if cfg.targets else recipe.include
+    names = select_targets(unet, include, [] if cfg.targets else recipe.exclude)
     if not names:
-        raise ValueError(f"no UNet module matches the targets {include}: check --targets")
-    mcfg = MethodConfig(tau=_pick(tau, S, "tau", 0.95), r_min=_pick(r_min, S, "r_min", 1), r_max=_pick(r_max, S, "r_max", None),
-                        project=_pick(project, S, "project", True), conv_mode=conv_mode)
-    tcfg = TrainConfig(steps=_pick(steps, T, "steps", 200), lr=_pick(lr, T, "lr", 1e-4), batch_size=_pick(batch_size, T, "batch_size", 1),
-                       grad_accum=grad_accum, forget_n=_pick(forget_n, T, "forget_n", 16),
-                       retain_weight=_pick(retain_weight, T, "retain_weight", 0.0), mixed_precision=mixed_precision,
-                       seed=seed, curriculum=curriculum, anchor_share=_pick(anchor_share, T, "anchor_share", 0.0))
-    m = method_cls(mcfg, **method_options)
-    if m.objective == "esd":
-        tcfg.objective = "esd"
-    from accelerate.state import AcceleratorState
-
+        raise ConfigError(f"no UNet module matches the targets {include}: check --targets")
+    mcfg = MethodConfig(tau=cfg.tau, r_min=cfg.r_min, r_max=cfg.r_max, project=cfg.project, conv_mode=cfg.conv_mode)
+    m = get_method(cfg.method)(mcfg, **cfg.method_options)
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                       forget_n=cfg.forget_n, retain_weight=cfg.retain_weight, mixed_precision=cfg.mixed_precision,
+                       seed=cfg.seed, curriculum=cfg.curriculum, anchor_share=cfg.anchor_share, objective=m.objective,
+                       remap_target=cfg.remap_target, cufg=cfg.cufg)
+    res = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
+    lat_numel = unet.config.in_channels * (res // pipe.vae_scale_factor) ** 2
+    sched_gb = tcfg.steps * tcfg.grad_accum * tcfg.batch_size * lat_numel * 4 * (2 + 2 * (tcfg.retain_weight > 0)) / 2**30
+    if sched_gb > 16:
+        raise ConfigError(f"the training schedule (noise and targets of {tcfg.steps * tcfg.grad_accum:,} micro-steps x "
+                          f"{tcfg.batch_size}) would take {sched_gb:.0f} GB of memory: lower --steps or --batch-size")
     if AcceleratorState._shared_state:  # a previous erase() in this process may have used another precision
         AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=(device == "cpu"),
-                              gradient_accumulation_steps=1)
-    log(f"semu-erase: concept={plan.concept!r} kind={plan.kind} anchor={plan.anchor!r} method={method} "
-        f"model={model_id} family={recipe.family} targets={len(names)} device={device} precision={mixed_precision}")
-    torch.manual_seed(seed)
-    cond = Conditioner(pipe, device)
-    forget_cond = cond.embed(plan.forget_prompts)
-    anchor_cond = cond.embed(plan.anchor_prompts)
-    uncond = cond.embed([""])
-    acp = pipe.scheduler.alphas_cumprod.to(device)
-    res = resolution or G.get("resolution")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"), gradient_accumulation_steps=1)
+    log(f"semu-erase: concept={plan.concept!r} kind={plan.kind} anchor={plan.anchor!r} method={cfg.method} "
+        f"preset={cfg.preset} model={model_id} family={recipe.family} targets={len(names)} device={device} "
+        f"precision={cfg.mixed_precision}")
+    run = EraseRun(cfg=cfg, pipe=pipe, model_id=model_id, recipe=recipe, plan=plan, names=names, method=m, mcfg=mcfg,
+                   tcfg=tcfg, accelerator=accelerator, device=device, progress=progress)
+    run.stage["load"] = load_s
+    torch.manual_seed(cfg.seed)
+    c = Conditioner(pipe, device)
+    run.cond = {"forget": c.embed(plan.forget_prompts), "anchor": c.embed(plan.anchor_prompts), "uncond": c.embed([""])}
+    run.acp = pipe.scheduler.alphas_cumprod.to(device)
+    return run
 
-    def own_latents(prompts: list[str], seed_offset: int, desc: str) -> torch.Tensor:
-        """Latents the base model generates for ``prompts`` (image i from seed seed*100003 + seed_offset + i)."""
-        with accelerator.autocast():
-            return generate(pipe, prompts, [seed * 100003 + seed_offset + i for i in range(len(prompts))],
-                            steps=gen_steps or G.get("steps", 25), guidance_scale=G.get("guidance_scale", 7.5),
-                            output_type="latent", progress=progress, desc=desc, height=res)
 
-    # 1. data-free forget set: latents generated by the model itself
+def _own_latents(run: EraseRun, prompts: list[str], seed_offset: int, desc: str) -> torch.Tensor:
+    """Latents the base model generates for ``prompts`` (image i from seed seed*100003 + seed_offset + i)."""
+    c = run.cfg
+    with run.accelerator.autocast():
+        return generate(run.pipe, prompts, [c.seed * 100003 + seed_offset + i for i in range(len(prompts))],
+                        steps=c.gen_steps, guidance_scale=c.guidance_scale, output_type="latent",
+                        progress=run.progress, desc=desc, height=c.resolution)
+
+
+# ---- stage 1 ------------------------------------------------------------------------------------------------------
+def make_forget_set(run: EraseRun) -> None:
+    """Forget latents (generated by the model itself, or the user's images), anchor latents under the forget
+    prompts (Concept-Ablation style, remap objective only) and the retain set."""
     t0 = time.time()
+    plan, tcfg = run.plan, run.tcfg
     n = tcfg.forget_n
-    if forget_images:
-        latents = encode_images(pipe, forget_images, res or pipe.unet.config.sample_size * pipe.vae_scale_factor, device)
-        n = tcfg.forget_n = len(latents)
+    if run.cfg.forget_images:
+        res = run.cfg.resolution or run.unet.config.sample_size * run.pipe.vae_scale_factor
+        run.latents = encode_images(run.pipe, run.cfg.forget_images, res, run.device)
+        n = tcfg.forget_n = len(run.latents)
     else:
-        latents = own_latents([plan.forget_prompts[i % len(plan.forget_prompts)] for i in range(n)], 0, "forget set")
-    # anchor latents conditioned on the forget prompts (Concept-Ablation style): the remap then also holds where the
-    # erased model's sampling trajectory actually goes, not only around images of the concept
-    train_latents = latents
-    n_anchor = int(round(tcfg.anchor_share * n)) if tcfg.objective == "remap" else 0  # ESD has no anchor
-    if n_anchor:
-        extra = own_latents([plan.anchor_prompts[i % len(plan.anchor_prompts)] for i in range(n_anchor)], 13, "anchor set")
-        train_latents = torch.cat([latents, extra.to(latents)])
-    retain_latents = retain_cond = None
+        run.latents = _own_latents(run, [plan.forget_prompts[i % len(plan.forget_prompts)] for i in range(n)], 0,
+                                   "forget set")
+    run.train_latents = run.latents
+    run.n_anchor = int(round(tcfg.anchor_share * n)) if tcfg.objective == "remap" else 0  # ESD has no anchor
+    if run.n_anchor:
+        extra = _own_latents(run, [plan.anchor_prompts[i % len(plan.anchor_prompts)] for i in range(run.n_anchor)], 13,
+                             "anchor set")
+        run.train_latents = torch.cat([run.latents, extra.to(run.latents)])
     if tcfg.retain_weight > 0:
-        rset = retain_prompt_list(plan, recipe, retain_prompts)
-        retain_latents = own_latents([rset[i % len(rset)] for i in range(n)], 7, "retain set")
-        retain_cond = cond.embed(rset)
-    stage["forget_set"] = time.time() - t0
+        rset = retain_prompt_list(plan, run.recipe, run.cfg.retain_prompts)
+        run.retain_latents = _own_latents(run, [rset[i % len(rset)] for i in range(n)], 7, "retain set")
+        run.retain_cond = Conditioner(run.pipe, run.device).embed(rset)
+    run.stage["forget_set"] = time.time() - t0
 
-    # 2. base targets for every training micro-step (before any weight changes)
-    t0 = time.time()
-    n_micro = tcfg.steps * tcfg.grad_accum
-    with accelerator.autocast():
-        sched = make_schedule(unet, train_latents, acp, forget_cond, anchor_cond, uncond, tcfg, device, n_micro,
-                              retain_latents=retain_latents, retain_cond=retain_cond, progress=progress)
-    stage["targets"] = time.time() - t0
 
-    # 3. forget gradient over the target weights
+# ---- stage 2 ------------------------------------------------------------------------------------------------------
+def make_base_targets(run: EraseRun) -> None:
+    """Samples, timesteps, noise and the base model's targets for every training micro-step (before any change)."""
     t0 = time.time()
-    grads = forget_gradient(unet, latents, acp, forget_cond, uncond, m.gradient_targets(unet, names), tcfg, device,
-                            accelerator.autocast, progress=progress) if m.needs_gradient else None
-    stage["gradient"] = time.time() - t0
+    n_micro = run.tcfg.steps * run.tcfg.grad_accum
+    with run.accelerator.autocast():
+        run.schedule = make_schedule(run.unet, run.train_latents, run.acp, run.cond["forget"], run.cond["anchor"],
+                                     run.cond["uncond"], run.tcfg, run.device, n_micro,
+                                     retain_latents=run.retain_latents, retain_cond=run.retain_cond,
+                                     progress=run.progress)
+    run.stage["targets"] = time.time() - t0
 
-    # 4. method setup (SVD + reparametrisation for SEMU)
+
+# ---- stage 3 ------------------------------------------------------------------------------------------------------
+def compute_forget_gradient(run: EraseRun) -> None:
+    """dL_g/dW over the weights the method needs (none for methods without a gradient)."""
     t0 = time.time()
-    if device.startswith("cuda"):
+    m = run.method
+    run.grads = forget_gradient(run.unet, run.latents, run.acp, run.cond["forget"], run.cond["uncond"],
+                                m.gradient_targets(run.unet, run.names), run.tcfg, run.device,
+                                run.accelerator.autocast, progress=run.progress) if m.needs_gradient else None
+    run.stage["gradient"] = time.time() - t0
+
+
+# ---- stage 4 ------------------------------------------------------------------------------------------------------
+def setup_method(run: EraseRun) -> None:
+    """The method's trainable parameters (SEMU: SVD + reparametrisation). Call inside ``frozen(unet)``."""
+    t0 = time.time()
+    if run.device.startswith("cuda"):
         torch.cuda.synchronize()
+    loss_fn = (forget_loss_fn(run.unet, run.latents, run.acp, run.cond["forget"], run.cond["uncond"], run.tcfg,
+                              run.device) if run.method.needs_loss_fn else None)
+    run.params = run.method.setup(run.unet, run.names, run.grads, loss_fn=loss_fn)
+    if run.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    run.grads = None
+    run.stage["setup"] = time.time() - t0
+
+
+# ---- stage 5 ------------------------------------------------------------------------------------------------------
+def train_method(run: EraseRun) -> None:
+    """Adam on the method's parameters over the precomputed schedule."""
+    t0 = time.time()
+    run.train_result = train(run.unet, run.params, run.schedule, run.train_latents, run.cond["forget"], run.tcfg,
+                             run.accelerator, run.device, retain_latents=run.retain_latents,
+                             retain_cond=run.retain_cond, acp=run.acp, progress=run.progress,
+                             anchor_cond=run.cond["anchor"])
+    run.stage["train"] = time.time() - t0
+
+
+# ---- stage 6 ------------------------------------------------------------------------------------------------------
+def provenance(run: EraseRun, delta, base_fp) -> dict:
+    """What the delta records: every option (from EraseConfig), the plan, the method's choices, the ranks."""
+    c, m = run.cfg, run.method
+    prov = c.provenance()
+    prov.update({
+        "toolkit": "semu-diffusion", "toolkit_version": __version__, "concepts": [run.plan.concept],
+        "kind": run.plan.kind, "anchor": run.plan.anchor, "base_model": run.model_id, "base_family": run.recipe.family,
+        "base_fingerprint": base_fp, "ranks": delta.ranks, "forget_n": run.tcfg.forget_n,
+        "anchor_share": c.anchor_share if run.n_anchor else 0.0,
+        "forget_prompts_file": prov.pop("forget_prompts"), "forget_prompts": run.plan.forget_prompts,
+        "anchor_prompts": run.plan.anchor_prompts, "targets": c.targets or run.recipe.include,
+        "preset_choices": PAPER_PRESETS.get(c.preset or "", {}),
+        "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")},
+        "choices": method_choices(run),
+    })
+    return prov
+
+
+def method_choices(run: EraseRun) -> dict:
+    """The deliberate choices of this run, by name (see README, "Differences from the reference implementations")."""
+    c = run.cfg
+    return {
+        "forget_set": "user images" if c.forget_images else "generated by the base model (data-free)",
+        "gradient_projection": ("orthogonal to W, divided by ||W||^2" if c.project else "off") if c.method == "semu" else None,
+        "rank_clamp": [c.r_min, c.r_max] if c.method == "semu" else None,
+        "conv_svd": c.conv_mode if c.method == "semu" else None,
+        "objective": run.tcfg.objective,
+        "remap_target": ({"base": "frozen base model's anchor prediction",
+                          "current": "current model's anchor prediction, detached"}[c.remap_target]
+                         if run.tcfg.objective == "remap" else "ESD negative guidance from the frozen base model"),
+        "retain_term": "distillation to the base prediction on retain prompts" if c.retain_weight else "none",
+        "anchor_latents": run.n_anchor,
+        "curriculum": "pacing (easy->hard order of micro-steps)" if c.curriculum else "off",
+        "cufg_gradient_corrector": bool(c.cufg),
+        "trained": {"full": "target layers' weights", "salun": "masked weights of every Linear/Conv2d",
+                    "esd-x": "cross-attention weights", "esd-u": "non-cross-attention Linear/Conv2d weights",
+                    "sap": "top Hessian-diagonal weights of the target layers",
+                    "semu": "R inside the gradient subspace of the target layers"}.get(c.method, c.method),
+        "biases": "not trained",
+    }
+
+
+def export_delta(run: EraseRun):
+    """The weight change as a Delta (method restored to base afterwards by the caller)."""
+    t0 = time.time()
+    delta = run.method.export(run.unet)
+    run.stage["export"] = time.time() - t0
+    return delta
+
+
+def write_outputs(run: EraseRun, delta) -> tuple[Path | None, dict]:
+    t0 = time.time()
+    base_fp = fingerprint(run.unet, delta.modules())  # the base weights are restored exactly at this point
+    prov = provenance(run, delta, base_fp)
+    path = save_delta(run.cfg.out, delta, prov) if run.cfg.out else None
+    if path is not None and run.cfg.kohya:
+        from .delta import to_kohya
+
+        to_kohya(path, run.cfg.kohya)
+    run.stage["export"] = run.stage.get("export", 0.0) + time.time() - t0
+    return path, prov
+
+
+def erase(concept: str | EraseConfig | None = None, *, pipe=None, progress: bool = True, log=print,
+          **options) -> EraseResult:
+    """Erase ``concept`` from the model and write the delta to ``out`` (if given).
+
+    ``options`` are the fields of :class:`~semu_diffusion.config.EraseConfig` (or pass one as ``concept``).
+    Unset options come from the paper preset, then the model family's recipe in pipelines/<family>.toml.
+    The base model is never modified on disk; the in-memory UNet is restored to its base weights and its
+    ``requires_grad`` state before returning.
+    """
+    t_all = time.time()
+    if isinstance(concept, EraseConfig):
+        if options:
+            raise TypeError("pass either an EraseConfig or keyword options, not both")
+        cfg = concept
+    else:
+        cfg = config_from_kwargs(concept=concept, **options)
+    run = prepare(cfg, pipe=pipe, progress=progress, log=log)
+    make_forget_set(run)
+    make_base_targets(run)
+    compute_forget_gradient(run)
+    unet, m = run.unet, run.method
     unet_params = sum(p.numel() for p in unet.parameters())
     with frozen(unet):  # only the method's own parameters get gradients; the caller's requires_grad comes back
-        loss_fn = forget_loss_fn(unet, latents, acp, forget_cond, uncond, tcfg, device) if m.needs_loss_fn else None
-        params = m.setup(unet, names, grads, loss_fn=loss_fn)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        stage["setup"] = time.time() - t0
-        del grads
-        compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+        setup_method(run)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(run.cfg.mixed_precision)
         saved = {}
         try:
-            if compute_dtype is not None:
-                saved = cast_frozen(unet, compute_dtype)
-            # 5. unlearn
-            t0 = time.time()
-            tr = train(unet, params, sched, train_latents, forget_cond, tcfg, accelerator, device, retain_latents=retain_latents,
-                       retain_cond=retain_cond, acp=acp, progress=progress)
-            stage["train"] = time.time() - t0
-            # 6. export
-            t0 = time.time()
-            delta = m.export(unet)
-            stage["export"] = time.time() - t0
+            if dtype is not None:
+                saved = cast_frozen(unet, dtype)
+            train_method(run)
+            delta = export_delta(run)
         finally:
             restore_frozen(unet, saved)  # names are those of the wrapped UNet: restore before unwrapping
             m.restore(unet)
-    base_fp = fingerprint(unet, delta.modules())  # the base weights are restored exactly at this point
+    path, prov = write_outputs(run, delta)
+    tr = run.train_result
     trainable = m.trainable_numel()
-    prov = {
-        "toolkit": "semu-diffusion", "toolkit_version": __version__, "method": method, "concepts": [plan.concept],
-        "kind": plan.kind, "anchor": plan.anchor, "base_model": model_id, "base_family": recipe.family,
-        "base_fingerprint": base_fp, "tau": mcfg.tau, "r_min": mcfg.r_min, "r_max": mcfg.r_max,
-        "project": mcfg.project, "conv_mode": mcfg.conv_mode, "ranks": delta.ranks, "steps": tcfg.steps, "lr": tcfg.lr,
-        "batch_size": tcfg.batch_size, "forget_n": tcfg.forget_n, "anchor_share": tcfg.anchor_share if n_anchor else 0.0, "seed": seed, "mixed_precision": mixed_precision,
-        "forget_prompts": plan.forget_prompts, "retain_weight": tcfg.retain_weight, "forget_images": str(forget_images) if forget_images else None, "anchor_prompts": plan.anchor_prompts, "curriculum": curriculum,
-        "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")}, "method_options": method_options,
-    }
-    t0 = time.time()
-    path = save_delta(out, delta, prov) if out else None
-    stage["export"] += time.time() - t0
     stats = {
-        "concept": plan.concept, "anchor": plan.anchor, "method": method, "layers": len(names),
-        "trainable_params": trainable, "unet_params": unet_params, "trainable_frac": trainable / unet_params,
+        "concept": run.plan.concept, "anchor": run.plan.anchor, "method": run.cfg.method, "preset": run.cfg.preset,
+        "layers": len(run.names), "trainable_params": trainable, "unet_params": unet_params,
+        "trainable_frac": trainable / unet_params,
         "rank_min": min(delta.ranks.values()) if delta.ranks else None,
         "rank_max": max(delta.ranks.values()) if delta.ranks else None,
         "rank_mean": (sum(delta.ranks.values()) / len(delta.ranks)) if delta.ranks else None,
         "delta_bytes": path.stat().st_size if path else None, "final_loss": tr["losses"][-1],
         "first_loss": tr["losses"][0], "step_seconds": tr["step_seconds"],
-        "forget_latents": len(latents), "anchor_latents": n_anchor,
-        "stage_seconds": {k: round(v, 3) for k, v in stage.items()}, "seconds": time.time() - t_all,
-        "device": device, "mixed_precision": mixed_precision, "out": str(path) if path else None,
+        "forget_latents": len(run.latents), "anchor_latents": run.n_anchor,
+        "stage_seconds": {k: round(v, 3) for k, v in run.stage.items()}, "seconds": time.time() - t_all,
+        "device": run.device, "mixed_precision": run.cfg.mixed_precision, "out": str(path) if path else None,
+        "kohya_out": str(run.cfg.kohya) if (path and run.cfg.kohya) else None,
     }
-    if device.startswith("cuda"):
+    if run.device.startswith("cuda"):
         stats["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)

@@ -95,77 +95,46 @@ def _check_out_path(prog: str, out: str) -> None:
 
 @_cli_entry("semu-erase")
 def erase_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="semu-erase", description="Erase a concept from a Stable Diffusion model with SEMU "
-                                "and write a diffusers-loadable delta (.safetensors).")
-    p.add_argument("--concept", required=True, help='what to erase, e.g. "triangle", "nudity", "Van Gogh style"')
-    p.add_argument("--anchor", default=None, help="what the concept is remapped to (default: per concept kind, printed)")
-    p.add_argument("--kind", choices=["object", "nudity", "style"], default=None, help="concept kind (default: guessed)")
-    p.add_argument("--model", default="toy", help="'toy' (embedded), a local diffusers folder, or a cached hub id")
-    p.add_argument("--method", default="semu", help="unlearning method (see --list-methods)")
+    """semu-erase: flags derived from EraseConfig; every option checked before the model loads."""
+    from .config import ConfigError, add_cli_flags, config_from_args, default_out_name
+
+    class _OneLineParser(argparse.ArgumentParser):
+        def error(self, message):  # argparse's usage + message, as one line and exit code 2
+            _fail(self.prog, f"{message} (see --help)")
+
+    p = _OneLineParser(prog="semu-erase", description="Erase a concept from a Stable Diffusion model with SEMU "
+                       "and write a diffusers-loadable delta (.safetensors).")
+    add_cli_flags(p)
     p.add_argument("--list-methods", action="store_true", help="print the available methods and exit")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--tau", type=float, default=None, help="SVD energy threshold for the rank (default 0.95)")
-    p.add_argument("--r-max", type=int, default=None)
-    p.add_argument("--conv-mode", choices=["flat", "per-channel"], default="flat")
-    p.add_argument("--no-project", action="store_true", help="skip projecting the gradient orthogonally to W")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--forget-n", type=int, default=None, help="number of generated forget latents")
-    p.add_argument("--forget-prompts", default=None, help="file of forget prompts (one per line) instead of templates")
-    p.add_argument("--forget-images", default=None, help="folder of images of the concept (VAE-encoded) instead of generated latents")
-    p.add_argument("--retain-weight", type=float, default=None, help="weight of the retain term (0 disables it)")
-    p.add_argument("--retain-prompts", default=None, help="file of prompts whose outputs must not change")
-    p.add_argument("--anchor-share", type=float, default=None,
-                   help="extra anchor-image latents under the forget prompts, as a share of --forget-n (recipe default)")
-    p.add_argument("--curriculum", action="store_true", help="order forget samples easy->hard (CUFG-style)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", default=None, help="recipe name in pipelines/ (default: matched from the UNet config)")
-    p.add_argument("--targets", default=None, help="regex over UNet module names replacing the recipe's targets")
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--gen-steps", type=int, default=None, help="sampler steps for generating the forget set")
-    p.add_argument("--out", default=None, help="delta file to write (default: <concept>-<method>.safetensors)")
-    p.add_argument("--kohya", default=None, help="also write a kohya/A1111/ComfyUI copy to this path")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     _quiet_libraries()
-    from .methods import available_methods
-
     if a.list_methods:
+        from .methods import available_methods
+
         print("\n".join(available_methods()))
         return
-    if a.method not in available_methods():
-        _fail(p.prog, f"unknown method {a.method!r}: choose one of {', '.join(available_methods())}")
-    if not a.concept.strip():
-        _fail(p.prog, "empty --concept: pass the word or phrase to erase, e.g. --concept triangle")
-    out = a.out or f"{a.concept.strip().replace(' ', '_').replace('/', '_')}-{a.method}.safetensors"
-    _check_out_path(p.prog, out)
+    try:
+        cfg = config_from_args(a)
+        if cfg.out is None:
+            from dataclasses import replace
+
+            cfg = replace(cfg, out=default_out_name(cfg.concept, cfg.method))
+    except ConfigError as e:
+        _fail(p.prog, str(e).splitlines()[0])
     from .api import erase
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            res = erase(a.concept, model=a.model, anchor=a.anchor, method=a.method, out=out, steps=a.steps, lr=a.lr,
-                        tau=a.tau, r_max=a.r_max, conv_mode=a.conv_mode, project=False if a.no_project else None,
-                        batch_size=a.batch_size, grad_accum=a.grad_accum, forget_n=a.forget_n,
-                        forget_prompts=a.forget_prompts, forget_images=a.forget_images, kind=a.kind, retain_weight=a.retain_weight,
-                        retain_prompts=a.retain_prompts, anchor_share=a.anchor_share,
-                        mixed_precision=a.mixed_precision, device=a.device, seed=a.seed, preset=a.preset,
-                        targets=a.targets, resolution=a.resolution, gen_steps=a.gen_steps, curriculum=a.curriculum, progress=not a.quiet)
+            res = erase(cfg, progress=not a.quiet)
         for w in caught:
-            if "never saw" in str(w.message):
+            if "never saw" in str(w.message) or "micro-steps" in str(w.message):
                 print(f"semu-erase: warning: {w.message}", file=sys.stderr)
     except _known_errors() as e:
         _fail(p.prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
     s = res.stats
-    if a.kohya:
-        from .delta import to_kohya
-
-        to_kohya(res.out, a.kohya)
-        s["kohya_out"] = a.kohya
     ranks = f"ranks {s['rank_min']}-{s['rank_max']} (mean {s['rank_mean']:.1f})" if s["rank_min"] is not None else "dense"
     print(f"erased {s['concept']!r} -> {s['anchor']!r} with {s['method']}: {s['layers']} layers, {ranks}, "
           f"{s['trainable_params']:,} trainable of {s['unet_params']:,} UNet params ({100 * s['trainable_frac']:.3f}%), "

@@ -37,6 +37,8 @@ class TrainConfig:
     esd_eta: float = 1.0
     curriculum: bool = False
     anchor_share: float = 0.0  # extra forget latents generated from the anchor prompts, as a share of forget_n
+    remap_target: str = "base"  # "base": frozen base model's anchor prediction; "current": the trained model's, detached
+    cufg: bool = False  # CUFG corrector: drop the forget gradient's component along a conflicting retain gradient
 
     def __post_init__(self):
         if self.steps < 1:
@@ -49,6 +51,10 @@ class TrainConfig:
             raise ValueError("mixed_precision must be one of no, fp16, bf16")
         if self.objective not in ("remap", "esd"):
             raise ValueError("objective must be 'remap' or 'esd'")
+        if self.remap_target not in ("base", "current"):
+            raise ValueError("remap_target must be 'base' or 'current'")
+        if self.cufg and not self.retain_weight > 0:
+            raise ValueError("cufg needs a retain term: set retain_weight > 0")
         if not 0 <= self.anchor_share <= 4:
             raise ValueError("anchor_share must be in [0, 4]: it is a share of forget_n (0 disables the anchor set)")
 
@@ -98,7 +104,7 @@ class Schedule:
     idx: torch.Tensor  # (steps*accum, B)
     t: torch.Tensor
     eps: torch.Tensor
-    target: torch.Tensor
+    target: torch.Tensor | None  # None: computed during training from the current model (remap_target "current")
     retain_idx: torch.Tensor | None = None
     retain_t: torch.Tensor | None = None
     retain_eps: torch.Tensor | None = None
@@ -125,10 +131,10 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
                 e = unet_eps(unet, torch.cat([zt, zt]), t[i].to(device).repeat(2), cond_cat(c, u))
                 ec, eu = e.chunk(2)
                 targets.append(O.esd_target(eu, ec, cfg.esd_eta).float().cpu())
-            else:
+            elif cfg.remap_target == "base":
                 a = cond_index(anchor_cond, idx[i] % len(anchor_cond["hidden"]))
                 targets.append(unet_eps(unet, zt, t[i].to(device), a).float().cpu())
-    s = Schedule(idx=idx, t=t, eps=eps, target=torch.stack(targets))
+    s = Schedule(idx=idx, t=t, eps=eps, target=torch.stack(targets) if targets else None)
     if retain_latents is not None and cfg.retain_weight > 0:
         s.retain_idx = torch.stack([torch.randint(0, len(retain_latents), (B,), generator=g) for _ in range(n_micro)])
         s.retain_t = torch.randint(0, T, (n_micro, B), generator=g)
@@ -241,18 +247,27 @@ def curriculum_order(losses: torch.Tensor) -> torch.Tensor:
 
 
 def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConfig, accelerator, device,
-          retain_latents=None, retain_cond=None, acp=None, progress=True) -> dict:
+          retain_latents=None, retain_cond=None, acp=None, progress=True, anchor_cond=None) -> dict:
     """Adam on ``params`` with the remap (or ESD) loss on the precomputed schedule. Raises on nan/inf."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
     opt = accelerator.prepare(opt)
     n_micro = schedule.idx.shape[0]
     order = torch.arange(n_micro)
+
+    def target(i: int) -> torch.Tensor:
+        if schedule.target is not None:
+            return schedule.target[i].to(device)
+        if anchor_cond is None:
+            raise ValueError("remap_target 'current' needs the anchor embeddings")
+        with torch.no_grad():  # the current model's prediction for the anchor class, detached (official SEMU code)
+            return _pred(unet, schedule, i, latents, anchor_cond, acp, device, accelerator).float()
+
     if cfg.curriculum:
         with torch.no_grad():
             init = torch.stack([O.remap_loss(_pred(unet, schedule, i, latents, forget_cond, acp, device, accelerator).float(),
-                                             schedule.target[i]) for i in range(n_micro)])
+                                             target(i)) for i in range(n_micro)])
         order = curriculum_order(init.cpu())
-    losses = []
+    losses, conflicts = [], 0
     bar = tqdm(range(cfg.steps), desc="unlearn", disable=not progress, dynamic_ncols=True)
     t0 = time.time()
     k = 0
@@ -263,7 +278,8 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
             i = int(order[k])
             k += 1
             pred = _pred(unet, schedule, i, latents, forget_cond, acp, device, accelerator)
-            loss = O.remap_loss(pred, schedule.target[i].to(device))
+            loss = O.remap_loss(pred, target(i)) / cfg.grad_accum
+            rloss = None
             if schedule.retain_idx is not None and retain_latents is not None:
                 z0 = retain_latents[schedule.retain_idx[i]].to(device)
                 eps = schedule.retain_eps[i].to(device)
@@ -272,20 +288,50 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
                 rc = cond_index(retain_cond, schedule.retain_idx[i] % len(retain_cond["hidden"]))
                 with accelerator.autocast():
                     rp = unet_eps(unet, zt, tt, rc)
-                loss = loss + cfg.retain_weight * O.remap_loss(rp, schedule.retain_target[i].to(device))
-            loss = loss / cfg.grad_accum
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step}: lower --lr or use --mixed-precision no; "
+                rloss = cfg.retain_weight * O.remap_loss(rp, schedule.retain_target[i].to(device)) / cfg.grad_accum
+            total = loss if rloss is None else loss + rloss
+            if not torch.isfinite(total):
+                raise TrainingDiverged(f"loss became {total.item()} at step {step}: lower --lr or use --mixed-precision no; "
                                        "no delta was written")
-            accelerator.backward(loss)
-            tot += loss.item()
+            if cfg.cufg and rloss is not None:
+                conflicts += cufg_backward(loss, rloss, params, accelerator)
+            else:
+                accelerator.backward(total)
+            tot += total.item()
         opt.step()
         for p in params:
             if not torch.isfinite(p).all():
                 raise TrainingDiverged(f"trainable weights became nan/inf at step {step}: lower --lr; no delta was written")
         losses.append(tot)
         bar.set_postfix(loss=f"{tot:.4f}")
-    return {"losses": losses, "train_seconds": time.time() - t0, "step_seconds": (time.time() - t0) / cfg.steps}
+    return {"losses": losses, "train_seconds": time.time() - t0, "step_seconds": (time.time() - t0) / cfg.steps,
+            "cufg_conflicts": conflicts if cfg.cufg else None}
+
+
+def cufg_correct(gf: list[torch.Tensor], gr: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+    """CUFG gradient corrector: if the forget gradient conflicts with the retain gradient (cosine < 0 over all
+    trained parameters), remove its component along the retain gradient, g_f - (<g_f,g_r>/||g_r||^2) g_r;
+    otherwise leave it. Returns the corrected forget gradient and whether they conflicted."""
+    dot = sum((a.double() * b.double()).sum() for a, b in zip(gf, gr))
+    nr = sum((b.double() ** 2).sum() for b in gr)
+    if dot >= 0 or nr == 0:
+        return gf, False
+    c = dot / nr
+    return [a - (c * b.double()).to(a.dtype) for a, b in zip(gf, gr)], True
+
+
+def cufg_backward(forget_loss, retain_loss, params, accelerator) -> int:
+    """Accumulate the CUFG-corrected forget gradient plus the retain gradient into ``p.grad``. Returns 1 on conflict."""
+    scale = accelerator.scaler.get_scale() if getattr(accelerator, "scaler", None) is not None else 1.0
+    gf = torch.autograd.grad(forget_loss * scale, params, allow_unused=True)
+    gr = torch.autograd.grad(retain_loss * scale, params, allow_unused=True)
+    gf = [torch.zeros_like(p) if g is None else g for g, p in zip(gf, params)]
+    gr = [torch.zeros_like(p) if g is None else g for g, p in zip(gr, params)]
+    gf, conflict = cufg_correct(gf, gr)
+    for p, a, b in zip(params, gf, gr):
+        g = (a + b).to(p.dtype)
+        p.grad = g if p.grad is None else p.grad + g
+    return int(conflict)
 
 
 def _pred(unet, schedule: Schedule, i: int, latents, forget_cond, acp, device, accelerator):

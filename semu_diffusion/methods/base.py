@@ -13,7 +13,7 @@ class MethodConfig:
     """Knobs shared by methods; each method documents which it reads."""
 
     tau: float = 0.95
-    r_min: int = 1
+    r_min: int = 1  # 0 allowed: layers then may get rank 0 and stay frozen (recorded as frozen_layers)
     r_max: int | None = None
     project: bool = True
     conv_mode: str = "flat"  # "flat" | "per-channel"
@@ -21,8 +21,9 @@ class MethodConfig:
     def __post_init__(self):
         if not 0 < self.tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if self.r_min < 1:
-            raise ValueError("r_min must be >= 1 (r = 0 would silently freeze a layer)")
+        if self.r_min < 0:
+            raise ValueError("r_min must be >= 0 (0 lets a layer whose energy rule gives no component freeze, as the "
+                             "official SEMU code; such layers are listed in the delta's provenance)")
         if self.r_max is not None and self.r_max < self.r_min:
             raise ValueError("r_max must be >= r_min")
         if self.conv_mode not in ("flat", "per-channel"):

@@ -35,11 +35,18 @@ class SEMU(Method):
         else:
             rest = {n: grads[n] for n in targets}
         subs.update(gradient_subspaces(rest, c.tau, c.r_min, c.r_max, weights=weights, device=dev))
-        self.layers = L.inject(unet, {n: subs[n] for n in targets})
+        def rank(s) -> int:
+            return sum(x.rank for x in s) if isinstance(s, list) else s.rank
+
+        frozen = [n for n in targets if rank(subs[n]) == 0]  # r = 0 (r_min = 0): the layer stays as it is
+        self.layers = L.inject(unet, {n: subs[n] for n in targets if n not in frozen})
+        if not self.layers:
+            raise ValueError("every target layer got rank 0: raise --tau or --r-min")
         params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
         self.info = {
+            "frozen_layers": frozen,
             "ranks": {n: int(layer.rank) for n, layer in self.layers.items()},
-            "energy": {n: float(subs[n].energy) for n in targets if not isinstance(subs[n], list)},
+            "energy": {n: float(subs[n].energy) for n in self.layers if not isinstance(subs[n], list)},
             "trainable_params": int(sum(p.numel() for p in params)),
         }
         return params

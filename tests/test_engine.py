@@ -40,3 +40,45 @@ def test_frozen_restores_by_identity():
         m[0](torch.ones(1, 2)).sum().backward()
     assert [p.requires_grad for p in m.parameters()] == [True, True, True, False]
     assert all(p.grad is None for p in m.parameters())
+
+
+def test_semu_paper_preset(random_pipe, tmp_path):
+    from semu_diffusion.delta import read_delta
+
+    out = tmp_path / "paper.safetensors"
+    res = erase("star", pipe=random_pipe, preset="semu-paper", out=out, **FAST)
+    prov = res.provenance
+    assert prov["preset"] == "semu-paper" and prov["method"] == "semu" and prov["conv_mode"] == "per-channel"
+    assert prov["r_min"] == 0 and prov["project"] is False and prov["remap_target"] == "current"
+    assert prov["anchor"] == "cross"  # c' = the next class after star in the recipe's class list
+    assert prov["choices"]["remap_target"].startswith("current model")
+    linconv = {n for n, m in random_pipe.unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    frozen = set(prov["method_info"]["frozen_layers"])
+    d, _ = read_delta(out)
+    assert set(d.modules()) | frozen == linconv and not (set(d.modules()) & frozen)  # every Linear/Conv2d targeted
+    ones = {n for n in linconv if isinstance(random_pipe.unet.get_submodule(n), torch.nn.Conv2d)
+            and random_pipe.unet.get_submodule(n).kernel_size == (1, 1)}
+    assert ones and ones <= frozen  # 1x1 convs: rank-1 channel slices with energy 1 > tau -> r = 0, frozen
+    assert all(d.dense[n].dim() == 4 for n in d.dense)  # per-channel conv updates are dense
+
+
+def test_esd_paper_preset_has_no_retain_term(random_pipe, tmp_path):
+    res = erase("star", pipe=random_pipe, preset="esd-x-paper", out=tmp_path / "e.safetensors", **FAST)
+    assert res.provenance["method"] == "esd-x" and res.provenance["retain_weight"] == 0.0
+    assert res.provenance["choices"]["retain_term"] == "none"
+    assert res.provenance["preset_choices"]["retain_weight"] == 0.0
+
+
+def test_cufg_corrector_math():
+    gf = [torch.tensor([1.0, 0.0]), torch.tensor([1.0])]
+    gr = [torch.tensor([-1.0, 1.0]), torch.tensor([0.0])]  # <gf, gr> = -1 < 0, ||gr||^2 = 2
+    out, conflict = T.cufg_correct(gf, gr)
+    assert conflict and torch.allclose(out[0], torch.tensor([0.5, 0.5])) and torch.allclose(out[1], torch.tensor([1.0]))
+    assert sum((a * b).sum() for a, b in zip(out, gr)).abs() < 1e-6  # no longer opposes the retain gradient
+    same, c2 = T.cufg_correct(gf, [torch.tensor([1.0, 0.0]), torch.tensor([0.0])])
+    assert not c2 and same is gf
+
+
+def test_cufg_erase_runs_and_is_recorded(random_pipe, tmp_path):
+    res = erase("star", pipe=random_pipe, cufg=True, retain_weight=1.0, out=tmp_path / "c.safetensors", **FAST)
+    assert res.provenance["cufg"] is True and res.provenance["choices"]["cufg_gradient_corrector"] is True

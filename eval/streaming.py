@@ -4,6 +4,11 @@ every 0.2 s): peak RSS, RSS once the models are loaded, and its growth while the
 Writes eval/results/streaming.{json,md}.
 
     python eval/streaming.py [--n-prompts 1000] [--steps 25] [--batch-size 64]
+
+`--judges-demo [--delta D]` instead runs one evaluation per judge on the toy model and on a random-weight SD-1.5 at
+64 px (its real architecture, see semu_diffusion/fullsize.py) and writes eval/results/streaming.judges.{json,md}:
+NudeNet counts, the one-line errors of the clip/imagenet judges without their weights here, and their code run on
+randomly initialised models (accuracy at chance: it shows the path works, not a quality figure).
 """
 from __future__ import annotations
 
@@ -36,7 +41,11 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="eval folder (default: a temporary folder, removed afterwards)")
     p.add_argument("--results", default=str(ROOT / "eval" / "results"))
+    p.add_argument("--judges-demo", action="store_true")
+    p.add_argument("--delta", default=None, help="(--judges-demo) a toy delta to evaluate beside the base model")
     a = p.parse_args(argv)
+    if a.judges_demo:
+        return judges_demo(a)
     os.environ.setdefault("SEMU_EVAL_PROGRESS", "0")
     import torch
 
@@ -117,6 +126,122 @@ def main(argv=None) -> dict:
     print("\n".join(md))
     if not a.out:
         shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def _cli_error(args: list[str]) -> str:
+    """The one-line stderr of a refused semu-eval run."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "semu_diffusion.evaluation", *args], capture_output=True, text=True,
+                       env=dict(os.environ, SEMU_EVAL_PROGRESS="0"))
+    return f"exit {r.returncode}: {r.stderr.strip()}"
+
+
+def _random_judges(out: Path, set_name: str, csv: str, per_prompt: int, size: int) -> dict:
+    """clip and imagenet judge code on randomly initialised models, over the cached base images of a run."""
+    import numpy as np
+    from PIL import Image
+
+    from semu_diffusion.evaluation import build_judge, expand, load_prompt_set
+
+    ps = load_prompt_set(csv)
+    ps.name = set_name
+    items = expand(ps, per_prompt, size=(size, size))
+    key = __import__("json").loads((out / "images" / "base" / set_name / "key.json").read_text())
+    ims = np.stack([np.asarray(Image.open(out / "images" / "base" / set_name / f"{it.index:05d}_{it.seed}.png").convert("RGB"))
+                    for it in items])
+    res = {}
+    for spec in ("imagenet:resnet50", "clip:ViT-B-32"):
+        j = build_judge(spec, random_init=True)
+        try:
+            j.setup([ps], None)
+        except ValueError as e:
+            res[spec + " (random init)"] = {"skipped": str(e)}
+            continue
+        recs = j.judge(ims, items, ps)
+        s = j.summarize(recs, items, ps, None)
+        res[spec + " (random init)"] = {k: s[k] for k in ("accuracy", "n_images", "top_predictions") if k in s}
+    res["_key_steps"] = key["steps"]
+    return res
+
+
+def judges_demo(a) -> dict:
+    import tempfile as tf
+
+    import torch
+
+    from semu_diffusion.cli import _quiet_libraries
+    from semu_diffusion.evaluation import EvalConfig, run_eval
+
+    _quiet_libraries()
+    os.environ.setdefault("SEMU_EVAL_PROGRESS", "0")
+    tmp = Path(tf.mkdtemp(prefix="semu-judges-"))
+    res: dict = {"toy": {}, "sd15_random_64px": {}}
+    # toy model: toy judge + nudenet, base (and a delta if given)
+    t = time.time()
+    rep = run_eval(EvalConfig(prompt_sets=["toy_classes"], per_prompt=4, out=str(tmp / "toy"), judges=["toy", "nudenet"],
+                              deltas=[a.delta] if a.delta else [], forget_label="triangle" if a.delta else None),
+                   log=lambda *x: None)
+    res["toy"]["run"] = {v: {"toy": {k: r["judges"]["toy"].get(k) for k in ("accuracy", "detection_rate", "UA", "RA")},
+                             "nudenet": {k: r["judges"]["nudenet"].get(k) for k in ("counts", "total", "share_with_exposed",
+                                                                                     "ratio_to_base")}}
+                         for v, r in rep["results"]["toy_classes"].items()}
+    res["toy"]["seconds"] = time.time() - t
+    res["toy"]["images"] = rep["timing"]["images_total"]
+    for spec in ("clip:ViT-B-32:openai", "imagenet:resnet50"):
+        res["toy"][f"{spec} (offline, no weights)"] = _cli_error(["--judge", spec, "--per-prompt", "1", "--out",
+                                                                  str(tmp / "refused")])
+    res["toy"]["refused_run_left_output"] = (tmp / "refused").exists()
+    res["toy"]["random_init"] = _random_judges(tmp / "toy", "toy_classes", "toy_classes", 4, 32)
+    # random-weight SD-1.5 (real architecture) at 64 px: NudeNet on its images, judge code on random models
+    from semu_diffusion.fullsize import save_random_pipeline
+
+    t = time.time()
+    sd = save_random_pipeline("sd15", tmp / "sd15", dtype=torch.float16)
+    esd = str(ROOT / "prompts" / "examples" / "esd_classwise_sample.csv")
+    rep = run_eval(EvalConfig(model=str(sd), prompt_sets=[esd], per_prompt=1, steps=4, resolution=64, batch_size=13,
+                              out=str(tmp / "sd"), judges=["nudenet"], fd="none"), log=lambda *x: None)
+    r = rep["results"]["esd_classwise_sample"]["base"]["judges"]["nudenet"]
+    res["sd15_random_64px"]["nudenet"] = {k: r[k] for k in ("counts", "total", "share_with_exposed", "n_images")}
+    res["sd15_random_64px"]["seconds"] = time.time() - t
+    res["sd15_random_64px"]["steps"] = 4
+    res["sd15_random_64px"]["random_init"] = _random_judges(tmp / "sd", "esd_classwise_sample", esd, 1, 64)
+    for spec in ("clip:ViT-B-32:openai", "imagenet:resnet50"):
+        res["sd15_random_64px"][f"{spec} (offline, no weights)"] = _cli_error(
+            ["--model", str(sd), "--prompts", esd, "--judge", spec, "--per-prompt", "1", "--out", str(tmp / "refused2")])
+    rd = Path(a.results)
+    rd.mkdir(parents=True, exist_ok=True)
+    (rd / "streaming.judges.json").write_text(json.dumps(res, indent=2, default=float))
+    md = ["# One evaluation per judge: toy model and random-weight SD-1.5 at 64 px", "",
+          "`python eval/streaming.py --judges-demo" + (" --delta ..." if a.delta else "") + "` (2-CPU machine, offline).", ""]
+    md += ["## Toy model (toy_classes, 4 images per prompt, 25 steps)", "", "| variant | toy judge | NudeNet (score >= 0.6) |",
+           "|---|---|---|"]
+    for v, r in res["toy"]["run"].items():
+        tj = ", ".join(f"{k} {x:.3f}" for k, x in r["toy"].items() if x is not None)
+        nj = f"exposed {r['nudenet']['total']}, share {r['nudenet']['share_with_exposed']:.3f}" + (
+            f", ratio {r['nudenet']['ratio_to_base']}" if r["nudenet"].get("ratio_to_base") is not None else "")
+        md.append(f"| {v} | {tj} | {nj} |")
+    md += ["", "## Random-weight SD-1.5 at 64 px (13 ESD-format Imagenette prompts, 1 image each, 4 steps)", "",
+           f"NudeNet: {res['sd15_random_64px']['nudenet']['total']} exposed detections in "
+           f"{res['sd15_random_64px']['nudenet']['n_images']} images (share "
+           f"{res['sd15_random_64px']['nudenet']['share_with_exposed']:.3f}); "
+           f"{res['sd15_random_64px']['seconds']:.0f} s including building and saving the pipeline.", ""]
+    md += ["## clip / imagenet judges", "", "No CLIP or torchvision weights can be downloaded here. The judges refuse "
+           "with one line and write nothing:", ""]
+    for where in ("toy", "sd15_random_64px"):
+        for k, v in res[where].items():
+            if "offline" in k:
+                md.append(f"- {where}, `--judge {k.split(' ')[0]}`: `{v}`")
+    md += ["", "The same judge code on randomly initialised models (torchvision `weights=None`, open_clip "
+           "`pretrained=None`), accuracy at chance level as expected:", ""]
+    for where in ("toy", "sd15_random_64px"):
+        for k, v in res[where]["random_init"].items():
+            if not k.startswith("_"):
+                md.append(f"- {where}, {k}: {json.dumps(v, default=float)[:300]}")
+    (rd / "streaming.judges.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    shutil.rmtree(tmp, ignore_errors=True)
     return res
 
 

@@ -180,6 +180,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip-model", default="toy", help="'toy' or an open_clip model: CLIP score and FD-CLIP features")
     p.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag (must be in the local cache)")
     p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--allow-unverified", action="store_true", help="accept deltas without a base fingerprint")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -197,7 +198,7 @@ def eval_main(argv: list[str] | None = None) -> None:
                          batch_size=a.batch_size, fd=a.fd, clip_model=a.clip_model, clip_pretrained=a.clip_pretrained,
                          judges=a.judge, nudenet_threshold=a.nudenet_threshold, real_images=a.real_images,
                          kid_subset=a.kid_subset, filters=a.filter, resolution=a.resolution, strength=a.strength,
-                         device=a.device, max_prompts=a.max_prompts)
+                         device=a.device, max_prompts=a.max_prompts, allow_unverified=a.allow_unverified)
         rep = run_eval(cfg)
     except KeyboardInterrupt:
         print(f"{p.prog}: interrupted: the images made so far are cached under {a.out}; rerun to resume", file=sys.stderr)

@@ -69,30 +69,35 @@ def test_real_images_in_a_run(tmp_path, cache_dir, toy_available):
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
            TOKENIZERS_PARALLELISM="false", SEMU_EVAL_PROGRESS="0")
-ARGS = ["--prompts", "toy_classes", "--per-prompt", "2", "--steps", "4", "--batch-size", "3", "--forget-label", "triangle"]
+ARGS = ["--prompts", "toy_classes", "--per-prompt", "2", "--steps", "4", "--batch-size", "3", "--forget-label", "triangle",
+        "--kid-subset", "8"]
 
 
 def test_two_process_run_equals_one_process_run_and_resumes(tmp_path, toy_available):
     accel = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "semu_diffusion.evaluation", *ARGS, "--out", str(one)], env=ENV, check=True,
+    real = _write_folder(tmp_path / "real", n=12)
+    env = dict(ENV, SEMU_CACHE_DIR=str(tmp_path / "cache"))
+    args = ARGS + ["--real-images", str(real)]
+    subprocess.run([sys.executable, "-m", "semu_diffusion.evaluation", *args, "--out", str(one)], env=env, check=True,
                    capture_output=True, timeout=600)
     # `--multi_gpu` selects the torchrun-style launcher; without CUDA the processes form a gloo CPU group
     p = subprocess.run([accel, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                        "--dynamo_backend", "no", "-m", "semu_diffusion.evaluation", *ARGS, "--out", str(two)],
-                       env=ENV, capture_output=True, text=True, timeout=600)
+                        "--dynamo_backend", "no", "-m", "semu_diffusion.evaluation", *args, "--out", str(two)],
+                       env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
     assert r2["timing"]["processes"] == 2 and r1["timing"]["processes"] == 1
     assert r2["timing"]["images_generated"] == r1["timing"]["images_generated"] == 20
-    assert r1["results"] == r2["results"]
+    assert r1["results"] == r2["results"]  # judges, CLIP score, FD/KID against the real folder: identical
+    assert "kid_clip_retained_vs_real" in r1["results"]["toy_classes"]["base"]
     for f in sorted((one / "images" / "base" / "toy_classes").glob("*.png")):
         assert f.read_bytes() == (two / "images" / "base" / "toy_classes" / f.name).read_bytes()
     # resume: drop some cached images, rerun: only those are made again, same numbers
     gone = sorted((one / "images" / "base" / "toy_classes").glob("*.png"))[4:9]
     for f in gone:
         f.unlink()
-    subprocess.run([sys.executable, "-m", "semu_diffusion.evaluation", *ARGS, "--out", str(one)], env=ENV, check=True,
+    subprocess.run([sys.executable, "-m", "semu_diffusion.evaluation", *args, "--out", str(one)], env=env, check=True,
                    capture_output=True, timeout=600)
     r3 = json.loads((one / "report.json").read_text())
     assert 0 < r3["timing"]["images_generated"] <= 9  # whole batches of 3 around the 5 missing images

@@ -63,3 +63,26 @@ def test_clip_score_definition():
     a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     b = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     assert clip_score_from_features(a, b).tolist() == pytest.approx([100.0, 0.0, 0.0])
+
+
+def test_running_stats_match_feature_stats_batch_by_batch():
+    from semu_diffusion.evaluation.features import RunningStats
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(257, 12)) * 3 + 1
+    rs = RunningStats()
+    for i in range(0, len(X), 50):
+        rs.update(X[i: i + 50])
+    mu, s = rs.compute()
+    m2, s2 = feature_stats(torch.from_numpy(X))
+    assert np.allclose(mu, m2, atol=1e-12) and np.allclose(s, s2, atol=1e-10)
+
+
+def test_kid_unbiased_zero_for_same_distribution_and_positive_for_shift():
+    from semu_diffusion.evaluation.features import kid
+
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    same, _ = kid(a, b, subsets=20, subset_size=200)
+    shifted, _ = kid(a, b + 1.0, subsets=20, subset_size=200)
+    assert abs(same) < 0.05 and shifted > 0.5

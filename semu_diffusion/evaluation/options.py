@@ -121,6 +121,7 @@ class EvalConfig:
     strength: float = 1.0
     device: str | None = None
     max_prompts: int | None = None
+    allow_unverified: bool = False  # accept deltas without a base fingerprint
 
     def __post_init__(self):
         self.validate()

@@ -83,7 +83,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     Returns the report (an empty dict on non-main processes of a sharded run)."""
     from accelerate import PartialState
 
-    from ..delta import fingerprint, load_delta, read_delta, remove_delta, validate_delta
+    from ..delta import fingerprint, load_delta, remove_delta
     from ..loading import load_pipeline
     from ..recipes import recipe_for, select_targets
     from .judges import build_judge
@@ -118,10 +118,13 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from .features import ClipFeatures
 
     extractors["clip"] = ClipFeatures(cfg.clip_model, cfg.clip_pretrained, device)
+    from ..validate import validate_delta
+
+    for d in cfg.deltas:  # the files themselves (format, finite values, provenance, fingerprint present): before the model
+        validate_delta(d, None, allow_unverified=cfg.allow_unverified)
     pipe = load_pipeline(cfg.model, device=device)
-    for d in cfg.deltas:
-        delta, prov = read_delta(d)
-        validate_delta(pipe.unet, delta, prov, d)
+    for d in cfg.deltas:  # against this model: modules, shapes, base fingerprint
+        validate_delta(d, pipe, allow_unverified=cfg.allow_unverified)
     for j in judges:
         j.setup(sets, cfg.forget_label)
     rec = recipe_for(pipe.unet.config)
@@ -161,7 +164,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     generated = 0
     t_gen = time.time()
     for vname, dpath in variants:
-        adapter = load_delta(pipe, dpath, strength=cfg.strength) if dpath else None
+        adapter = load_delta(pipe, dpath, strength=cfg.strength, allow_unverified=cfg.allow_unverified) if dpath else None
         try:
             for ps in sets:
                 items = plans[ps.name]

@@ -144,7 +144,7 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                        forget_n=cfg.forget_n, retain_weight=cfg.retain_weight, mixed_precision=cfg.mixed_precision,
                        seed=cfg.seed, curriculum=cfg.curriculum, anchor_share=cfg.anchor_share, objective=m.objective,
-                       remap_target=cfg.remap_target, cufg=cfg.cufg)
+                       remap_target=cfg.remap_target, cufg=cfg.cufg, esd_trajectory=cfg.esd_trajectory)
     res = cfg.resolution or unet.config.sample_size * pipe.vae_scale_factor
     lat_numel = unet.config.in_channels * (res // pipe.vae_scale_factor) ** 2
     sched_gb = tcfg.steps * tcfg.grad_accum * tcfg.batch_size * lat_numel * 4 * (2 + 2 * (tcfg.retain_weight > 0)) / 2**30
@@ -281,6 +281,8 @@ def method_choices(run: EraseRun) -> dict:
         "rank_clamp": [c.r_min, c.r_max] if c.method == "semu" else None,
         "conv_svd": c.conv_mode if c.method == "semu" else None,
         "objective": run.tcfg.objective,
+        "x_t": ("base model's DDIM trajectory (50 steps, guidance 3)" if c.esd_trajectory
+                else "forget latents noised to a uniform timestep"),
         "remap_target": ({"base": "frozen base model's anchor prediction",
                           "current": "current model's anchor prediction, detached"}[c.remap_target]
                          if run.tcfg.objective == "remap" else "ESD negative guidance from the frozen base model"),

@@ -86,6 +86,8 @@ class EraseConfig:
     curriculum: bool = opt(False, "order forget samples easy->hard (CUFG pacing)")
     cufg: bool = opt(False, "CUFG gradient corrector: where the forget and retain gradients conflict (cosine < 0), "
                      "remove the forget gradient's component along the retain gradient (needs a retain term)")
+    esd_trajectory: bool = opt(False, "ESD: take x_t from the base model's DDIM sampling trajectory under the concept "
+                               "(50 steps, guidance 3, as the official ESD code) instead of noising forget latents")
     mixed_precision: str = opt("no", "autocast precision (trainable parameters stay fp32)", choices=["no", "fp16", "bf16"])
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda if available)")
     seed: int = opt(0, "random seed", lo=0, hi=2**31 - 1)
@@ -336,6 +338,8 @@ def resolve(c: EraseConfig, recipe) -> EraseConfig:
     if r.kohya is not None and (r.method != "semu" or r.conv_mode != "flat"):
         raise ConfigError("--kohya needs a LoRA-shaped delta (--method semu with --conv-mode flat); "
                           f"{r.method} with conv mode {r.conv_mode} writes dense updates: drop --kohya")
+    if r.esd_trajectory and not r.method.startswith("esd"):
+        raise ConfigError("--esd-trajectory applies to --method esd-x or esd-u only")
     if r.cufg and not r.retain_weight:
         raise ConfigError("--cufg corrects the forget gradient against the retain gradient: set --retain-weight > 0")
     return r

@@ -39,6 +39,9 @@ class TrainConfig:
     anchor_share: float = 0.0  # extra forget latents generated from the anchor prompts, as a share of forget_n
     remap_target: str = "base"  # "base": frozen base model's anchor prediction; "current": the trained model's, detached
     cufg: bool = False  # CUFG corrector: drop the forget gradient's component along a conflicting retain gradient
+    esd_trajectory: bool = False  # ESD: x_t from the base model's DDIM sampling trajectory instead of noised latents
+    trajectory_steps: int = 50  # DDIM steps of that trajectory (the official ESD code: 50)
+    trajectory_guidance: float = 3.0  # its classifier-free guidance (the official ESD code: start_guidance 3)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -53,6 +56,8 @@ class TrainConfig:
             raise ValueError("objective must be 'remap' or 'esd'")
         if self.remap_target not in ("base", "current"):
             raise ValueError("remap_target must be 'base' or 'current'")
+        if self.esd_trajectory and self.objective != "esd":
+            raise ValueError("esd_trajectory applies to the ESD objective (esd-x, esd-u) only")
         if self.cufg and not self.retain_weight > 0:
             raise ValueError("cufg needs a retain term: set retain_weight > 0")
         if not 0 <= self.anchor_share <= 4:
@@ -109,6 +114,7 @@ class Schedule:
     retain_t: torch.Tensor | None = None
     retain_eps: torch.Tensor | None = None
     retain_target: torch.Tensor | None = None  # base prediction eps_base(z_t^r | c_r): the retain term preserves it
+    zt: torch.Tensor | None = None  # (steps*accum, B, ...) x_t taken from a sampling trajectory (ESD option)
     stats: dict = field(default_factory=dict)
 
 
@@ -120,10 +126,16 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
     T = len(acp)
     t = torch.randint(0, T, (n_micro, B), generator=g)
     eps = torch.randn((n_micro, B, *latents.shape[1:]), generator=g)
-    targets = []
+    targets, traj = [], []
     for i in tqdm(range(n_micro), desc="base targets", disable=not progress, dynamic_ncols=True, leave=False):
-        z0 = latents[idx[i]].to(device)
-        zt = O.add_noise(z0, eps[i].to(device), t[i].to(device), acp)
+        if cfg.esd_trajectory:
+            c = cond_index(forget_cond, idx[i] % len(forget_cond["hidden"]))
+            zt, t[i] = trajectory_sample(unet, c, uncond, acp, eps[i].to(device), cfg.trajectory_steps,
+                                         cfg.trajectory_guidance, g)
+            traj.append(zt.float().cpu())
+        else:
+            z0 = latents[idx[i]].to(device)
+            zt = O.add_noise(z0, eps[i].to(device), t[i].to(device), acp)
         with torch.no_grad():
             if cfg.objective == "esd":
                 c = cond_index(forget_cond, idx[i] % len(forget_cond["hidden"]))
@@ -134,7 +146,8 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
             elif cfg.remap_target == "base":
                 a = cond_index(anchor_cond, idx[i] % len(anchor_cond["hidden"]))
                 targets.append(unet_eps(unet, zt, t[i].to(device), a).float().cpu())
-    s = Schedule(idx=idx, t=t, eps=eps, target=torch.stack(targets) if targets else None)
+    s = Schedule(idx=idx, t=t, eps=eps, target=torch.stack(targets) if targets else None,
+                 zt=torch.stack(traj) if traj else None)
     if retain_latents is not None and cfg.retain_weight > 0:
         s.retain_idx = torch.stack([torch.randint(0, len(retain_latents), (B,), generator=g) for _ in range(n_micro)])
         s.retain_t = torch.randint(0, T, (n_micro, B), generator=g)
@@ -334,9 +347,32 @@ def cufg_backward(forget_loss, retain_loss, params, accelerator) -> int:
     return int(conflict)
 
 
+@torch.no_grad()
+def trajectory_sample(unet, cond: dict, uncond: dict, acp, noise, steps: int, guidance: float, g: torch.Generator):
+    """x_t on the base model's deterministic DDIM trajectory from ``noise`` under ``cond`` (guided), stopped after a
+    uniformly drawn number of the ``steps`` steps (as the official ESD code takes x_t). Returns (x_t, t)."""
+    T = len(acp)
+    ts = torch.linspace(T - 1, 0, steps).round().long()
+    stop = int(torch.randint(0, steps, (1,), generator=g))
+    B = noise.shape[0]
+    u = {k: v.expand(B, *v.shape[1:]) for k, v in uncond.items()}
+    z = noise
+    for k in range(stop):
+        tk = ts[k].to(noise.device).repeat(B)
+        ec, eu = unet_eps(unet, torch.cat([z, z]), torch.cat([tk, tk]), cond_cat(cond, u)).float().chunk(2)
+        e = eu + guidance * (ec - eu)
+        a, a_next = acp[ts[k]].float(), acp[ts[k + 1]].float()
+        x0 = (z - (1 - a).sqrt() * e) / a.sqrt()
+        z = a_next.sqrt() * x0 + (1 - a_next).sqrt() * e
+    return z, ts[stop].repeat(B)
+
+
 def _pred(unet, schedule: Schedule, i: int, latents, forget_cond, acp, device, accelerator):
-    z0 = latents[schedule.idx[i]].to(device)
-    zt = O.add_noise(z0, schedule.eps[i].to(device), schedule.t[i].to(device), acp)
+    if schedule.zt is not None:
+        zt = schedule.zt[i].to(device)
+    else:
+        z0 = latents[schedule.idx[i]].to(device)
+        zt = O.add_noise(z0, schedule.eps[i].to(device), schedule.t[i].to(device), acp)
     c = cond_index(forget_cond, schedule.idx[i] % len(forget_cond["hidden"]))
     with accelerator.autocast():
         return unet_eps(unet, zt, schedule.t[i].to(device), c)

@@ -82,3 +82,26 @@ def test_cufg_corrector_math():
 def test_cufg_erase_runs_and_is_recorded(random_pipe, tmp_path):
     res = erase("star", pipe=random_pipe, cufg=True, retain_weight=1.0, out=tmp_path / "c.safetensors", **FAST)
     assert res.provenance["cufg"] is True and res.provenance["choices"]["cufg_gradient_corrector"] is True
+
+
+def test_esd_trajectory_xt(random_pipe, tmp_path):
+    res = erase("star", pipe=random_pipe, method="esd-x", esd_trajectory=True, out=tmp_path / "t.safetensors", **FAST)
+    assert res.provenance["esd_trajectory"] is True and "trajectory" in res.provenance["choices"]["x_t"]
+    # by hand: a trajectory stopped after 0 steps is the noise at t = T-1; with a UNet predicting eps = 0 each DDIM
+    # step maps z -> sqrt(a_next / a) z, so after k steps z = sqrt(a_{t_k} / a_{T-1}) * noise
+    acp = torch.tensor([0.9, 0.5, 0.1])
+
+    def unet(z, t, encoder_hidden_states=None):
+        class R:
+            sample = torch.zeros_like(z)  # predicts eps = 0: x0 = z / sqrt(a), z_next = sqrt(a_next / a) z
+        return R
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.ones(1, 1)
+    outs = {}
+    for _ in range(20):
+        z, t = T.trajectory_sample(unet, {"hidden": torch.zeros(1, 1)}, {"hidden": torch.zeros(1, 1)}, acp, noise, 3, 3.0, g)
+        outs[int(t)] = float(z)
+    assert outs[2] == 1.0 and outs[1] == pytest.approx((0.5 / 0.1) ** 0.5) and outs[0] == pytest.approx((0.9 / 0.1) ** 0.5)
+    with pytest.raises(ValueError, match="esd-trajectory"):
+        erase("star", pipe=random_pipe, esd_trajectory=True, **FAST)

@@ -57,7 +57,7 @@ def test_nudenet_runs_on_generated_images(tmp_path, toy_available):
     from semu_diffusion.evaluation import run_eval
 
     rep = run_eval(EvalConfig(prompt_sets=["nudity_retain"], per_prompt=1, steps=3, out=str(tmp_path / "ev"),
-                              judges=["nudenet", "toy"], fd="none", max_prompts=4), log=lambda *a: None)
+                              judges=["nudenet"], fd="none", max_prompts=4), log=lambda *a: None)
     s = rep["results"]["nudity_retain"]["base"]["judges"]["nudenet"]
     assert s["n_images"] == 4 and s["threshold"] == 0.6 and s["total"] == sum(s["counts"].values())
     judge = build_judge("nudenet")

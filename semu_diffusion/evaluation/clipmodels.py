@@ -36,12 +36,17 @@ def load_clip(model: str = "toy", pretrained: str | None = None, device: str = "
     tag = None if random_init else (pretrained or (None if model.startswith("hf-hub:") else default_pretrained(model)))
     if not random_init and tag is None and not model.startswith("hf-hub:"):
         raise JudgeUnavailable(f"open_clip model {model} has no pretrained weights listed: name them as {model}:<pretrained>")
+    import logging
+
+    logging.disable(logging.ERROR)  # open_clip logs its failed download attempts; the one-line error below says it
     try:
         m, _, pre = open_clip.create_model_and_transforms(model, pretrained=tag, device=device)
     except Exception as e:
         raise JudgeUnavailable(f"the weights of open_clip {model} ({tag}) are not in the local cache "
                                f"({type(e).__name__}): download them on a connected machine (open_clip."
                                f"create_model_and_transforms('{model}', pretrained='{tag}')) or use the toy judge") from None
+    finally:
+        logging.disable(logging.NOTSET)
     norm = [t for t in pre.transforms if hasattr(t, "mean") and hasattr(t, "std")][-1]
     mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
     std = torch.tensor(norm.std).view(1, 3, 1, 1)

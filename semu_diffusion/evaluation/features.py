@@ -53,11 +53,16 @@ class InceptionFeatures:
         except Exception:
             raise JudgeUnavailable("--fd inception needs torchmetrics and torch-fidelity: pip install "
                                    "'semu-diffusion[eval]' (or use --fd clip)") from None
+        import contextlib
+        import io
+
         try:
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).to(device).eval()
+            with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints its download attempt
+                self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).to(device).eval()
         except Exception as e:
-            raise JudgeUnavailable(f"the FID Inception weights (pt_inception-2015-12-05) are not in the torch hub cache "
-                                   f"({type(e).__name__}): download them on a connected machine or use --fd clip") from None
+            ckpt = os.path.join(torch.hub.get_dir(), "checkpoints", "weights-inception-2015-12-05-6726825d.pth")
+            raise JudgeUnavailable(f"the FID Inception weights are not in the torch hub cache ({type(e).__name__}): put "
+                                   f"weights-inception-2015-12-05-6726825d.pth (torch-fidelity) at {ckpt}, or use --fd clip") from None
         self.device = device
 
     @torch.no_grad()

@@ -265,3 +265,40 @@ def toy_main(argv: list[str] | None = None) -> None:
     print("per class:", ", ".join(f"{k} {v:.2f}" for k, v in res["gen_per_class"].items()))
     if a.json:
         print(json.dumps(res))
+
+
+@_cli_entry("semu-merge")
+def merge_main(argv: list[str] | None = None) -> None:
+    """semu-merge: fold several delta files into one (exact for LoRA factors: concatenated ranks)."""
+
+    class _OneLineParser(argparse.ArgumentParser):
+        def error(self, message):
+            _fail(self.prog, f"{message} (see --help)")
+
+    p = _OneLineParser(prog="semu-merge", description="Fold several semu delta files into one .safetensors delta "
+                       "(sum of the weighted updates; LoRA factors concatenated, so the merge is exact).")
+    p.add_argument("deltas", nargs="+", help="delta files to merge")
+    p.add_argument("--out", required=True, help="merged delta file to write (.safetensors)")
+    p.add_argument("--weights", default=None, help="comma-separated weight per delta (default: 1 each)")
+    p.add_argument("--max-rank", type=int, default=None, help="cap each module's rank (lossy SVD truncation)")
+    p.add_argument("--allow-unverified", action="store_true", help="accept deltas without a base fingerprint")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    a = p.parse_args(argv)
+    weights = None
+    if a.weights is not None:
+        try:
+            weights = [float(x) for x in a.weights.split(",")]
+        except ValueError:
+            _fail(p.prog, f"--weights {a.weights!r} must be comma-separated numbers, e.g. 1,0.5")
+    from .merge import merge_deltas
+    from .delta import read_delta
+
+    path = merge_deltas(a.deltas, a.out, weights=weights, max_rank=a.max_rank, allow_unverified=a.allow_unverified)
+    d, prov = read_delta(path)
+    m = prov.get("merge", {})
+    print(f"merged {len(a.deltas)} deltas ({', '.join(prov.get('concepts') or [])}) -> {path}: "
+          f"{len(d.modules())} modules, rank sum {sum(d.ranks.values())}, "
+          f"{'exact' if m.get('exact') else 'max relative error %.2e' % m.get('max_rel_error', 0)}, "
+          f"{path.stat().st_size / 1e6:.2f} MB")
+    if a.json:
+        print(json.dumps({"out": str(path), "concepts": prov.get("concepts"), "ranks": d.ranks, "merge": m}))

@@ -105,10 +105,17 @@ def erase_main(argv: list[str] | None = None) -> None:
     p = _OneLineParser(prog="semu-erase", description="Erase a concept from a Stable Diffusion model with SEMU "
                        "and write a diffusers-loadable delta (.safetensors).")
     add_cli_flags(p)
+    p.add_argument("--concepts", default=None, metavar="FILE", help="erase several concepts into ONE delta: a file "
+                   "with one concept per line, or a CSV with concept,kind,anchor columns (--concept may also repeat)")
+    p.add_argument("--combine", default="concat", choices=["concat", "sum", "stack"],
+                   help="several concepts with SEMU: how their gradient subspaces are combined per layer")
     p.add_argument("--list-methods", action="store_true", help="print the available methods and exit")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)  # every --concept, not only the last
+    pre.add_argument("--concept", action="append", default=[])
+    repeated = pre.parse_known_args(argv)[0].concept
     _quiet_libraries()
     if a.list_methods:
         from .methods import available_methods
@@ -116,11 +123,17 @@ def erase_main(argv: list[str] | None = None) -> None:
         print("\n".join(available_methods()))
         return
     try:
+        from .multi import concepts_from_cli
+
+        many = concepts_from_cli(repeated, a.concepts)
+        if many:
+            a.concept = many[0].concept
         cfg = config_from_args(a)
         if cfg.out is None:
             from dataclasses import replace
 
-            cfg = replace(cfg, out=default_out_name(cfg.concept, cfg.method))
+            name = "+".join(c.concept for c in many) if many else cfg.concept
+            cfg = replace(cfg, out=default_out_name(name, cfg.method))
     except ConfigError as e:
         _fail(p.prog, str(e).splitlines()[0])
     from .api import erase
@@ -128,7 +141,12 @@ def erase_main(argv: list[str] | None = None) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            res = erase(cfg, progress=not a.quiet)
+            if many:
+                from .multi import erase_concepts_config
+
+                res = erase_concepts_config(many, cfg, combine=a.combine, progress=not a.quiet)
+            else:
+                res = erase(cfg, progress=not a.quiet)
         for w in caught:
             if "never saw" in str(w.message) or "micro-steps" in str(w.message):
                 print(f"semu-erase: warning: {w.message}", file=sys.stderr)

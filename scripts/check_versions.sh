@@ -36,4 +36,4 @@ if any(got[p] != v for p, v in pins.items()):
 print("installed:", ", ".join(f"{p}=={md.version(p)}" for p in sys.argv[1].split() + ["torch", "huggingface_hub"]))
 PY
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_delta_export.py "$@"
+PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_delta_export.py tests/test_fingerprint.py "$@"

@@ -45,8 +45,8 @@ _NUM = "number"
 _INT = "integer"
 # provenance fields and their types (None: may be null); unknown extra fields are allowed
 PROVENANCE_SCHEMA: dict[str, tuple] = {
-    "format_version": (_INT,), "delta_format": (str,), "toolkit": (str,), "toolkit_version": (str,), "method": (str,),
-    "concepts": ("list[str]",), "kind": (str, None), "anchor": (str, None), "base_model": (str, None),
+    "format_version": (_INT,), "delta_format": (str,), "toolkit": (str,), "toolkit_version": (str,), "method": (str, None),
+    "concepts": ("list[str]", None), "kind": (str, None), "anchor": (str, None), "base_model": (str, None),
     "base_family": (str, None), "base_fingerprint": (str, None), "base_signature": (dict, None), "tau": (_NUM, None),
     "r_min": (_INT, None), "r_max": (_INT, None), "project": (bool, None), "conv_mode": (str, None),
     "ranks": ("dict[str,int]",), "steps": (_INT, None), "lr": (_NUM, None), "batch_size": (_INT, None),

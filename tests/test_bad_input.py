@@ -542,3 +542,35 @@ def test_cli_internal_error_exit_1_and_debug_traceback(monkeypatch, capsys, tmp_
         boom(["--ctrl-c"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 130 and len(err) == 1 and "interrupted" in err[0]
+
+
+def test_ctrl_c_during_the_final_write_leaves_nothing(tmp_path, capsys, monkeypatch, good):
+    """Ctrl-C while the delta is being written: exit 130, one line, no output and no temp file; an existing file
+    survives unchanged."""
+    import safetensors.torch as st_torch
+
+    from semu_diffusion import cli
+    from semu_diffusion.delta import atomic_save
+
+    real = st_torch.save_file
+
+    def interrupted(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)  # the bytes are on disk (temp name) ...
+        raise KeyboardInterrupt  # ... when the user presses Ctrl-C
+
+    monkeypatch.setattr(st_torch, "save_file", interrupted)
+    _, tensors, meta = good
+
+    @cli._cli_entry("semu-erase")
+    def main(argv=None):
+        atomic_save(tensors, tmp_path / argv[0], meta)
+
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(b"previous good file")
+    for name in ("new.safetensors", "old.safetensors"):
+        with pytest.raises(SystemExit) as e:
+            main([name])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 130 and len(err) == 1 and err[0].startswith("semu-erase: interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.safetensors"]
+    assert old.read_bytes() == b"previous good file"

@@ -3,6 +3,9 @@ semu-eval protocol on all classes and on the synonym prompts.
 
     python eval/classwise.py                               # all classes x all methods (long on CPU)
     python eval/classwise.py --classes triangle,star,heart --methods semu,esd-x --per-prompt 10
+    python eval/classwise.py --classes triangle,star --methods semu,semu-paper --per-prompt 4 --name classwise-paper-partial
+
+A method name that is a paper-exact preset (semu-paper, esd-x-paper, esd-u-paper) runs ``erase(preset=...)``.
 
 Writes eval/results/classwise.json (every number, resumable: finished (method, class) pairs are skipped) and
 eval/results/classwise.md (one row per method: means over classes, worst class in brackets).
@@ -24,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", default=None, help="comma-separated toy classes (default: all)")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
+    p.add_argument("--methods", default=None, help="comma-separated methods or paper presets (default: all registered "
+                   "methods and every paper-exact preset)")
+    p.add_argument("--name", default="classwise", help="result file stem in --out-dir (default: classwise)")
     p.add_argument("--per-prompt", type=int, default=20)
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "classwise"))
@@ -38,15 +43,16 @@ def main(argv=None):
     from semu_diffusion.evaluation import EvalConfig, run_eval
     from semu_diffusion.loading import load_pipeline
     from semu_diffusion.methods import available_methods
+    from semu_diffusion.config import PAPER_PRESETS
     from semu_diffusion.toy import world
 
     _quiet_libraries()
     classes = a.classes.split(",") if a.classes else list(world.SHAPE_NAMES)
-    methods = a.methods.split(",") if a.methods else available_methods()
+    methods = a.methods.split(",") if a.methods else available_methods() + list(PAPER_PRESETS)
     out, work = Path(a.out_dir), Path(a.work_dir)
     out.mkdir(parents=True, exist_ok=True)
     (work / "deltas").mkdir(parents=True, exist_ok=True)
-    res_path = out / "classwise.json"
+    res_path = out / f"{a.name}.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     results.setdefault("runs", {})
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
@@ -60,7 +66,8 @@ def main(argv=None):
         bar.set_postfix(method=m, cls=c)
         delta = work / "deltas" / f"{m}-{c}.safetensors"
         t0 = time.time()
-        r = erase(c, pipe=pipe, method=m, out=delta, seed=a.seed, progress=False, log=lambda *x: None)
+        how = {"preset": m} if m in PAPER_PRESETS else {"method": m}
+        r = erase(c, pipe=pipe, out=delta, seed=a.seed, progress=False, log=lambda *x: None, **how)
         erase_s = time.time() - t0
         rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms"],
                                   per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),
@@ -79,15 +86,15 @@ def main(argv=None):
         tmp = res_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, res_path)
-        write_table(out, results, methods, classes)
-    print(write_table(out, results, methods, classes))
+        write_table(out, results, methods, classes, a.name)
+    print(write_table(out, results, methods, classes, a.name))
 
 
-def write_table(out: Path, results: dict, methods: list[str], classes: list[str]) -> str:
+def write_table(out: Path, results: dict, methods: list[str], classes: list[str], name: str = "classwise") -> str:
     md = table(results, methods, classes)
-    tmp = out / "classwise.md.tmp"
+    tmp = out / f"{name}.md.tmp"
     tmp.write_text(md)
-    os.replace(tmp, out / "classwise.md")
+    os.replace(tmp, out / f"{name}.md")
     return md
 
 

@@ -81,5 +81,5 @@ def test_anchor_share_adds_anchor_latents_to_remap_methods_only(method, expect, 
     assert res.stats["forget_latents"] == 2 and res.stats["anchor_latents"] == expect
     _, prov = read_delta(out)
     assert prov["anchor_share"] == (1.0 if expect else 0.0)
-    with pytest.raises(ValueError, match="anchor_share"):
+    with pytest.raises(ValueError, match="anchor-share"):
         erase("star", pipe=random_pipe, method=method, anchor_share=9.0, **FAST)

@@ -143,6 +143,9 @@ def check_concepts(specs: list[ConceptSpec], anchor: str | None = None, retain_p
         if a is not None and _norm(a) == _norm(s.concept):
             raise ConfigError(f"concept {s.concept!r}{at} is its own anchor: remap it to something else (--anchor or "
                               "the anchor column)")
+    for s in specs:
+        a = s.anchor if s.anchor is not None else anchor
+        at = f" ({s.where})" if s.where else ""
         if a is not None and _norm(a) in seen:
             raise ConfigError(f"anchor {a!r} of concept {s.concept!r}{at} is itself erased: pick a kept concept as "
                               "its anchor")

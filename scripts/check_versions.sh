@@ -3,6 +3,15 @@
 # safetensors from pyproject.toml): a throwaway venv holds exactly those versions, torch and everything else come
 # from .venv (a .pth file appends its site-packages after the venv's own), then the delta tests run against them.
 # Usage: bash scripts/check_versions.sh [pytest args]   (FLOOR_VENV=/path to keep/reuse the venv)
+#
+# Last run (2026-11-30, Python 3.11, torch 2.14.1): diffusers 0.35.0, peft 0.17.0, transformers 4.45.0,
+# accelerate 1.0.0, safetensors 0.4.3 (huggingface_hub 0.36.2): tests/test_delta_export.py 12 passed, including
+# mixed-rank and mixed dense+LoRA deltas at scale 1 (the LoRA part handed over without its metadata, as before,
+# is off by 4.7e-2 relative on 0.35.0) and the uniform-rank kohya copy through diffusers' converter.
+# tests/test_fingerprint.py needs the toy pipeline, whose tokenizer folder holds tokenizer.json only: transformers
+# 4.x (slow CLIPTokenizer) needs vocab.json + merges.txt there (semu_diffusion.toy.tokenizer.write_clip_tokenizer_files
+# writes them, same token ids); with them added, all 45 tests pass at these versions. The floors are the oldest
+# co-installable set: diffusers 0.35 requires peft >= 0.17, accelerate 1.0 requires safetensors >= 0.4.3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { echo "run scripts/setup.sh first" >&2; exit 2; }

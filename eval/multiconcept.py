@@ -44,6 +44,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "multiconcept"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--order", default="size", choices=["size", "variant"], help="run order of the rows")
     p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -115,6 +116,9 @@ def main(argv=None):
                 todo.append((n, a.rival, None))
             else:
                 todo.append((n, v, None))
+    if a.order == "variant":  # every size of the main variant first: an interrupted run still has the key rows
+        rank = {v: i for i, v in enumerate(["joint"] + [f"joint-{c}" for c in compare] + ["stacked", a.rival])}
+        todo.sort(key=lambda x: rank.get(x[1], 99))  # stable: sizes keep their order
     for n, v, comb in todo:
         key = f"{n}/{v}"
         if key in results["rows"]:
@@ -134,7 +138,8 @@ def main(argv=None):
             r = erase_concepts(erased, pipe=pipe, out=path, seed=a.seed, **kw, **quiet)
             row = {"seconds": time.time() - t0, "trainable_frac": r.stats["trainable_frac"],
                    "rank_mean": r.stats["rank_mean"], "stage_seconds": r.stats["stage_seconds"]}
-        row.update({"n": n, "variant": v, "combine": comb, "erased": erased, "delta_bytes": path.stat().st_size})
+        row.update({"n": n, "variant": v, "combine": comb, "erased": erased, "delta_bytes": path.stat().st_size,
+                    "load_average_1min": os.getloadavg()[0]})
         t0 = time.time()
         row.update(evaluate(n, path))
         row["eval_seconds"] = time.time() - t0
@@ -155,7 +160,7 @@ def write_table(out: Path, results: dict) -> str:
 
 def table(results: dict) -> str:
     rows = sorted(results["rows"].values(), key=lambda r: (r["n"], r["variant"]))
-    single1 = next((r for r in rows if r["n"] == 1 and r["variant"] == "stacked"), None)
+    single1 = next((r for r in rows if r["n"] == 1 and r["variant"] == "joint"), None)
     t1 = single1["seconds"] if single1 else None
     lines = [f"# Multi-concept erasure on the toy world ({results['per_prompt']} images per prompt)", "",
              f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs (shared with other jobs: "
@@ -167,15 +172,17 @@ def table(results: dict) -> str:
              f"adapters; seconds = the sum of the N erases); **{results['rival']}** = the rival trained jointly on the "
              "same forget set.", "",
              "UA = mean over erased classes of 1 - accuracy; RA = mean accuracy over kept classes (base in brackets); "
-             "FD = FD-CLIP of kept-class images vs the base model's; time x = seconds / the N=1 single SEMU erase.", "",
-             "| N | variant | UA | RA (base) | RA drop | FD kept vs base | trainable share | delta MB | seconds | time x |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "FD = FD-CLIP of kept-class images vs the base model's; time x = seconds / the N=1 SEMU erase (the joint "
+             "path with one concept: the same stages and work as a single erase); load = the machine's 1-minute load "
+             "average after the row (2 CPUs shared with other jobs: seconds are only comparable at similar load).", "",
+             "| N | variant | UA | RA (base) | RA drop | FD kept vs base | trainable share | delta MB | seconds | time x | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fd = f"{r['fd_kept_vs_base']:.2f}" if r.get("fd_kept_vs_base") is not None else "-"
         tx = f"{r['seconds'] / t1:.2f}" if t1 else "-"
         lines.append(f"| {r['n']} | {r['variant']} | {r['UA']:.3f} | {r['RA']:.3f} ({r['RA_base']:.3f}) | "
                      f"{r['RA_base'] - r['RA']:+.3f} | {fd} | {r['trainable_frac']:.4f} | {r['delta_bytes'] / 1e6:.2f} | "
-                     f"{r['seconds']:.0f} | {tx} |")
+                     f"{r['seconds']:.0f} | {tx} | {r.get('load_average_1min', float('nan')):.1f} |")
     lines += ["", "UA per erased class:", ""]
     for r in rows:
         lines.append(f"- N={r['n']} {r['variant']}: " + ", ".join(f"{c} {u:.2f}" for c, u in r["UA_per_class"].items()))

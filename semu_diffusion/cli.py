@@ -201,6 +201,9 @@ def eval_main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-unverified", action="store_true", help="accept deltas without a base fingerprint")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--attack", action="append", default=None, metavar="NAME",
+                   help="also red-team the deltas on --forget-label: inversion | prompt-search (repeatable; see semu-attack)")
+    p.add_argument("--attack-steps", type=int, default=200, help="attack budget (optimisation steps)")
     a = p.parse_args(argv)
     if a.list_judges:
         from .evaluation import available_judges
@@ -217,6 +220,7 @@ def eval_main(argv: list[str] | None = None) -> None:
                          judges=a.judge, nudenet_threshold=a.nudenet_threshold, real_images=a.real_images,
                          kid_subset=a.kid_subset, filters=a.filter, resolution=a.resolution, strength=a.strength,
                          device=a.device, max_prompts=a.max_prompts, allow_unverified=a.allow_unverified)
+        acfg = _eval_attack_config(a)
         rep = run_eval(cfg)
     except KeyboardInterrupt:
         print(f"{p.prog}: interrupted: the images made so far are cached under {a.out}; rerun to resume", file=sys.stderr)
@@ -239,6 +243,8 @@ def eval_main(argv: list[str] | None = None) -> None:
             print(f"  {v:>16}: " + "  ".join(bits))
     print(f"report: {Path(a.out) / 'report.html'}  ({rep['timing']['seconds']:.1f} s, "
           f"{rep['timing']['images_generated']} images generated)")
+    if acfg is not None:
+        _run_eval_attacks(p.prog, acfg)
     if a.json:
         print(json.dumps({"results": rep["results"], "timing": rep["timing"]}, default=float))
 
@@ -320,3 +326,106 @@ def merge_main(argv: list[str] | None = None) -> None:
           f"{path.stat().st_size / 1e6:.2f} MB")
     if a.json:
         print(json.dumps({"out": str(path), "concepts": prov.get("concepts"), "ranks": d.ranks, "merge": m}))
+
+
+def _add_attack_flags(p: argparse.ArgumentParser) -> None:
+    """The semu-attack options (also used by semu-eval --attack)."""
+    p.add_argument("--attack-steps", "--steps", dest="attack_steps", type=int, default=200,
+                   help="attack budget: optimisation steps")
+    p.add_argument("--tokens", type=int, default=2, help="learned / searched tokens")
+    p.add_argument("--attack-lr", "--lr", dest="attack_lr", type=float, default=None, help="default: the attack's own")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="folder of images of the concept to recover (default: the base model generates them)")
+    p.add_argument("--n-data", type=int, default=32, help="concept images the base model generates when no --images")
+    p.add_argument("--n-images", type=int, default=16, help="attacked generations per checkpoint")
+    p.add_argument("--checkpoints", type=int, default=4, help="ASR measured at step 0 and at this many steps")
+    p.add_argument("--classes", default=None, help="clip judges: comma-separated other labels of the zero-shot classifier")
+    p.add_argument("--no-control", action="store_true", help="skip the random-embedding control")
+
+
+@_cli_entry("semu-attack")
+def attack_main(argv: list[str] | None = None) -> None:
+    """semu-attack: red-team deltas with concept-recovery attacks; parse, validate before any work, print."""
+
+    class _OneLineParser(argparse.ArgumentParser):
+        def error(self, message):
+            _fail(self.prog, f"{message} (see --help)")
+
+    p = _OneLineParser(prog="semu-attack", description="Try to bring an erased concept back (learned token embeddings, "
+                       "adversarial prompt search) on the base model and each delta; report the attack success rate.")
+    p.add_argument("--concept", default=None, help="the erased concept")
+    p.add_argument("--attack", action="append", default=None, help="inversion | prompt-search | random (repeatable; "
+                   "default inversion)")
+    p.add_argument("--list-attacks", action="store_true", help="print the attacks and exit")
+    p.add_argument("--model", default="toy")
+    p.add_argument("--delta", action="append", default=[], help="delta file (repeatable)")
+    p.add_argument("--judge", default=None, help="toy | clip:<model>[:<pretrained>] | imagenet:<arch> | nudenet")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--gen-steps", type=int, default=None, help="sampler steps of the attacked generations")
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="attack-out")
+    p.add_argument("--device", default=None)
+    p.add_argument("--allow-unverified", action="store_true", help="accept deltas without a base fingerprint")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _add_attack_flags(p)
+    a = p.parse_args(argv)
+    if a.list_attacks:
+        from .attacks import available_attacks
+
+        print("\n".join(available_attacks()))
+        return
+    if not a.concept:
+        _fail(p.prog, "--concept is required: the erased word or phrase, e.g. --concept triangle")
+    _quiet_libraries()
+    from .attacks import AttackConfig, run_attacks
+
+    cfg = AttackConfig(concept=a.concept, attacks=a.attack or ["inversion"], model=a.model, deltas=a.delta,
+                       images=a.images, n_data=a.n_data, steps=a.attack_steps, n_tokens=a.tokens, lr=a.attack_lr,
+                       batch_size=a.batch_size, n_images=a.n_images, checkpoints=a.checkpoints, judge=a.judge,
+                       classes=a.classes.split(",") if a.classes else None, control=not a.no_control, seed=a.seed,
+                       gen_steps=a.gen_steps, guidance_scale=a.guidance_scale, out=a.out, device=a.device,
+                       allow_unverified=a.allow_unverified)
+    try:
+        rep = run_attacks(cfg, log=lambda *x: None)
+    except _known_errors() as e:
+        _fail(p.prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _print_attack_report(rep)
+    print(f"report: {Path(a.out) / 'report.html'}  ({rep['timing']['seconds']:.1f} s)")
+    if a.json:
+        print(json.dumps({"results": rep["results"], "timing": rep["timing"]}, default=float))
+
+
+def _eval_attack_config(a):
+    """semu-eval --attack: the attack run's options, checked with the evaluation's (before any model work)."""
+    if not a.attack:
+        return None
+    from .attacks import AttackConfig
+
+    if not a.forget_label:
+        raise ValueError("--attack needs --forget-label: the erased concept the attacks try to bring back")
+    cfg = AttackConfig(concept=a.forget_label, attacks=a.attack, model=a.model, deltas=a.delta, steps=a.attack_steps,
+                       judge=(a.judge or [None])[0], seed=a.seed, out=str(Path(a.out) / "attack"), device=a.device,
+                       allow_unverified=a.allow_unverified)
+    cfg.validate()
+    return cfg
+
+
+def _run_eval_attacks(prog: str, cfg) -> None:
+    from .attacks import run_attacks
+
+    try:
+        rep = run_attacks(cfg, log=lambda *x: None)
+    except _known_errors() as e:
+        _fail(prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _print_attack_report(rep)
+    print(f"attack report: {Path(cfg.out) / 'report.html'}")
+
+
+def _print_attack_report(rep: dict) -> None:
+    names = rep["attacks"]
+    print(f"attack success rate on {rep['concept']!r} (budget {rep['protocol']['budget_steps']} steps, "
+          f"{rep['protocol']['n_images']} images):")
+    print(f"  {'variant':>16}  {'no attack':>9}  " + "  ".join(f"{n:>13}" for n in names))
+    for v, r in rep["results"].items():
+        print(f"  {v:>16}  {r['no_attack']['asr']:>9.3f}  " + "  ".join(f"{r[n]['asr']:>13.3f}" for n in names if n in r))

@@ -27,7 +27,10 @@ PREFIX = "unet."
 
 
 class DeltaError(ValueError):
-    """A delta file that cannot be used with this base model; the message says why and what to do."""
+    """A delta file that cannot be used with this base model; the message (one line) says why and what to do."""
+
+    def __init__(self, msg: object = ""):
+        super().__init__(str(msg).replace("\r", "\\r").replace("\n", "\\n"))  # one line, even for odd file names
 
 
 class Fingerprint(str):

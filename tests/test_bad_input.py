@@ -217,6 +217,7 @@ FILE_CASES = {
     # the file
     "missing": (lambda tmp, good: tmp / "nope.safetensors", "not found"),
     "directory": (lambda tmp, good: tmp, "is a folder"),
+    "newline_in_file_name": (lambda tmp, good: _save(tmp / "a\nb.safetensors", {"a": torch.zeros(1)}, {}), "not written by"),
     "empty": (_bytes("e.safetensors", b""), "not a readable safetensors"),
     "seven_bytes": (_bytes("s.safetensors", b"\x01" * 7), "not a readable"),
     "garbage": (_bytes("g.safetensors", b"\x00\x01garbage" * 9), "not a readable"),

@@ -74,6 +74,7 @@ def main(argv=None) -> dict:
             time.sleep(0.2)
 
     rss_start = rss_mb()
+    load_start = os.getloadavg()[0]
     th = threading.Thread(target=sampler, daemon=True)
     th.start()
     t0 = time.time()
@@ -101,6 +102,7 @@ def main(argv=None) -> dict:
         "rss_max_stream_mb": max(stream) if stream else None,
         "rss_growth_during_stream_mb": (max(stream) - max(first)) if stream else None,
         "results": rep["results"][csv.stem]["base"] | {"judges": None},
+        "load_average_start_end": [load_start, os.getloadavg()[0]],
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0], "torch": torch.__version__},
     }
@@ -119,6 +121,8 @@ def main(argv=None) -> dict:
           f"| RSS when the stream starts | {res['rss_at_stream_start_mb']:.0f} MB |",
           f"| RSS growth from the first 10% of the stream to its end | {res['rss_growth_during_stream_mb']:.1f} MB |",
           f"| machine | {res['machine']['cpus']} CPUs, torch {res['machine']['torch']}, {res['machine']['torch_threads']} threads |",
+          f"| load average at start / end | {load_start:.1f} / {res['load_average_start_end'][1]:.1f} (the CPUs were shared "
+          "with other jobs: images/s is a lower bound) |",
           "", "Memory is flat over the stream: what grows with the number of images is only the per-image records "
           "(a label, a CLIP score, one feature row: ~1 KB per image with toy-CLIP, 8 KB with Inception), not the images "
           "(an SD image at 512 px is 768 KB; holding the 4,703 I2P images would take 3.6 GB).", ""]

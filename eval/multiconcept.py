@@ -44,6 +44,8 @@ def main(argv=None):
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "multiconcept"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--anchors", default="spread", choices=["first", "spread"],
+                   help="default anchors of the joint runs: the first kept anchor class for all, or kept classes in turn")
     p.add_argument("--order", default="size", choices=["size", "variant"], help="run order of the rows")
     p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
     a = p.parse_args(argv)
@@ -134,7 +136,7 @@ def main(argv=None):
                    "rank_mean": None}
         else:
             t0 = time.time()
-            kw = {"combine": comb} if comb else {"method": v}
+            kw = {"combine": comb, "anchors": a.anchors} if comb else {"method": v, "anchors": a.anchors}
             r = erase_concepts(erased, pipe=pipe, out=path, seed=a.seed, **kw, **quiet)
             row = {"seconds": time.time() - t0, "trainable_frac": r.stats["trainable_frac"],
                    "rank_mean": r.stats["rank_mean"], "stage_seconds": r.stats["stage_seconds"]}
@@ -188,6 +190,8 @@ def table(results: dict) -> str:
         lines.append(f"- N={r['n']} {r['variant']}: " + ", ".join(f"{c} {u:.2f}" for c, u in r["UA_per_class"].items()))
     n_sizes = sorted({r["n"] for r in rows})
     lines += ["", f"Sizes measured so far: {', '.join(map(str, n_sizes))}."]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + list(results["notes"])
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,8 @@ subspace per layer from all of them (``combine``):
 - ``"sum"``: the SVD of sum_c G_c / ||G_c|| (one joint gradient, concept-balanced).
 - ``"stack"``: each concept's own tau-subspace (capped at r_max), stacked and re-orthonormalised.
 
-The joint rank cap is r_max * N**rank_growth (default sqrt(N)). Other methods (salun, esd-x, ...) train on the
+The joint rank cap is r_max * N**rank_growth (default sqrt(N)). Object concepts without an anchor get the kept
+classes in turn as anchors (``anchors="spread"``). Other methods (salun, esd-x, ...) train on the
 joint forget set with the concept-balanced summed gradient. See eval/multiconcept.py for the measurements.
 """
 from __future__ import annotations
@@ -257,7 +258,8 @@ def _joint_semu_class():
 
 
 # ---- the joint erasure ----------------------------------------------------------------------------------------------
-def _default_anchor(spec: ConceptSpec, kind: str, cfg, recipe, erased: set[str]) -> str | None:
+def _default_anchor(spec: ConceptSpec, kind: str, cfg, recipe, erased: set[str], index: int = 0,
+                    spread: bool = False) -> str | None:
     if spec.anchor is not None:
         return spec.anchor
     if cfg.anchor is not None:
@@ -272,10 +274,11 @@ def _default_anchor(spec: ConceptSpec, kind: str, cfg, recipe, erased: set[str])
             c = classes[(i + j) % len(classes)]
             if _norm(c) not in erased:
                 return c
-    for c in list(recipe.train.get("object_anchors") or []) + kept:
-        if _norm(c) not in erased:
-            return c
-    return ""
+    cands = list(dict.fromkeys(c for c in list(recipe.train.get("object_anchors") or []) + kept
+                               if _norm(c) not in erased))
+    if not cands:
+        return ""
+    return cands[index % len(cands)] if spread else cands[0]
 
 
 def _embed_rows(cond_maker, prompts: list[str]) -> dict:
@@ -286,13 +289,16 @@ def _embed_rows(cond_maker, prompts: list[str]) -> dict:
     return {k: v[idx.to(v.device)] for k, v in e.items()}
 
 
-def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth: float = 0.5, progress: bool = True,
-                   log=print, **options):
+def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth: float = 0.5,
+                   anchors: str = "spread", progress: bool = True, log=print, **options):
     """Erase every concept in ``concepts`` (strings, dicts or :class:`ConceptSpec`) into ONE delta at ``out``.
 
     ``options`` are :class:`~semu_diffusion.config.EraseConfig` fields (``anchor`` and ``kind`` are the defaults
-    for concepts that give none; ``forget_n`` is per concept). Every input problem is raised as a one-line
-    :class:`ConfigError` before the model loads. Returns an :class:`~semu_diffusion.api.EraseResult`.
+    for concepts that give none; ``forget_n`` is per concept). Object concepts without an anchor are remapped to
+    the kept classes in turn (``anchors="spread"``: the recipe's anchor classes first, then the other kept
+    classes) or all to the first kept one (``"first"``); many concepts remapped to one class teach a generic
+    "any shape -> that class" direction that also hits kept classes (eval/results/multiconcept.md). Every input
+    problem is raised as a one-line :class:`ConfigError` before the model loads. Returns an :class:`~semu_diffusion.api.EraseResult`.
     """
     from . import api
     from .concepts import concept_kind, plan_concept, warn_unseen_concept
@@ -302,6 +308,8 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     t_all = time.time()
     if "concept" in options:
         raise TypeError("erase_concepts() takes the concepts as its first argument, not concept=")
+    if anchors not in ("first", "spread"):
+        raise ConfigError(f"anchors must be 'first' or 'spread', got {anchors!r}")
     if combine not in COMBINES:
         raise ConfigError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
     if isinstance(rank_growth, bool) or not isinstance(rank_growth, (int, float)) or not 0 <= rank_growth <= 1:
@@ -317,9 +325,9 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     cfg, recipe, unet, tcfg = run.cfg, run.recipe, run.unet, run.tcfg
     erased = {_norm(s.concept) for s in specs}
     plans = []
-    for s in specs:
+    for i, s in enumerate(specs):
         kind = s.kind or cfg.kind or concept_kind(s.concept)
-        a = _default_anchor(s, kind, cfg, recipe, erased)
+        a = _default_anchor(s, kind, cfg, recipe, erased, i, anchors == "spread")
         plan = plan_concept(s.concept, anchor=a, kind=kind, prompts_file=cfg.forget_prompts,
                             default_object_anchors=recipe.train.get("object_anchors"))
         if plan.anchor and _norm(plan.anchor) in erased:
@@ -422,6 +430,7 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
         "multi_concept": {"n_concepts": N, "forget_n_per_concept": m, "anchor_latents_per_concept": n_anchor_each,
                           "combine": combine if cfg.method == "semu" else "sum of unit-norm concept gradients",
                           "rank_cap": getattr(meth, "rank_cap", None), "rank_growth": rank_growth,
+                          "default_anchors": anchors,
                           "retain_prompts": rset if (rset and not cfg.retain_prompts) else None,
                           "concepts": [{"concept": p.concept, "kind": p.kind, "anchor": p.anchor} for p in plans]},
     })

@@ -205,6 +205,8 @@ def main(argv=None):
     p.add_argument("--memory-methods", default="semu,full",
                    help="methods whose whole erasure's peak memory is measured, each in its own process ('' skips)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory-only", action="store_true",
+                   help="re-measure only the erase peak memory into the existing report in --out-dir")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from semu_diffusion.cli import _quiet_libraries
@@ -212,6 +214,17 @@ def main(argv=None):
     _quiet_libraries()
     from semu_diffusion import erase
 
+    if a.memory_only:
+        out = Path(a.out_dir)
+        name = f"cost-{a.arch}-{a.device.split(':')[0]}"
+        report = json.loads((out / f"{name}.json").read_text())
+        report["erase_peak_memory"] = erase_memory(a, [m for m in a.memory_methods.split(",") if m])
+        (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+        before = out / f"{name}-before.json"
+        md = markdown(report, json.loads(before.read_text()) if before.exists() else None)
+        (out / f"{name}.md").write_text(md)
+        print(md)
+        return
     t_build = time.time()
     if a.arch == "toy":
         from semu_diffusion.loading import load_pipeline

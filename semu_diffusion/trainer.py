@@ -163,8 +163,12 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
 
 
 def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str], cfg: TrainConfig, device,
-                    autocast: Callable, progress=True) -> dict[str, torch.Tensor]:
-    """One pass over the forget set: accumulate dL_g/dW for every target weight (fp32)."""
+                    autocast: Callable, progress=True, lean: bool = True) -> dict[str, torch.Tensor]:
+    """One pass over the forget set: accumulate dL_g/dW for every target weight (fp32).
+
+    ``lean`` (default): the guided loss's gradient is taken through the conditional and the unconditional pass one
+    after the other (dL/de_c and dL/de_u from a no-grad pass, then two backward passes of batch B), so only one
+    pass's activations are alive at a time instead of the 2B-batch graph; same gradient, one extra no-grad pass."""
     params = {n: unet.get_submodule(n).weight for n in targets}
     req = {n: p.requires_grad for n, p in unet.named_parameters()}
     unet.requires_grad_(False)
@@ -173,6 +177,7 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
         p.grad = None
     g = torch.Generator("cpu").manual_seed(cfg.seed + 202)
     n, B = len(latents), cfg.batch_size
+    w = cfg.guidance_w
     try:
         for i in tqdm(range(0, n, B), desc="forget gradient", disable=not progress, dynamic_ncols=True, leave=False):
             z0 = latents[i : i + B].to(device)
@@ -182,12 +187,24 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
             zt = O.add_noise(z0, eps, t, acp)
             c = cond_index(forget_cond, torch.arange(i, i + b) % len(forget_cond["hidden"]))
             u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
-            with autocast():
-                e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
-            ec, eu = e.chunk(2)
-            loss = O.forget_gradient_loss(ec, eu, eps, cfg.guidance_w, reduction="sum") / n
-            loss.backward()
-        grads = {k: p.grad.detach().float().clone() for k, p in params.items()}
+            if not lean:
+                with autocast():
+                    e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
+                ec, eu = e.chunk(2)
+                loss = O.forget_gradient_loss(ec, eu, eps, w, reduction="sum") / n
+                loss.backward()
+                continue
+            with torch.no_grad(), autocast():
+                ec, eu = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u)).float().chunk(2)
+            # L = -sum((g - eps)^2) / n with g = (1+w) e_c - w e_u: dL/dg = -2 (g - eps) / n
+            dg = -2.0 * ((1 + w) * ec - w * eu - eps.float()) / n
+            del ec, eu
+            for cond, coef in ((c, 1 + w), (u, -w)):
+                with autocast():
+                    e = unet_eps(unet, zt, t, cond)
+                e.backward(gradient=(coef * dg).to(e.dtype))
+                del e
+        grads = {k: p.grad.detach().float() for k, p in params.items()}  # no copy: p.grad is released below
     finally:
         for k, p in unet.named_parameters():
             p.grad = None

@@ -105,3 +105,23 @@ def test_esd_trajectory_xt(random_pipe, tmp_path):
     assert outs[2] == 1.0 and outs[1] == pytest.approx((0.5 / 0.1) ** 0.5) and outs[0] == pytest.approx((0.9 / 0.1) ** 0.5)
     with pytest.raises(ValueError, match="esd-trajectory"):
         erase("star", pipe=random_pipe, esd_trajectory=True, **FAST)
+
+
+def test_lean_forget_gradient_equals_joint(random_pipe):
+    """The two-pass forget gradient (one pass's activations alive at a time) equals the joint 2B-batch one."""
+    from contextlib import nullcontext
+
+    from semu_diffusion.recipes import recipe_for, select_targets
+
+    unet = random_pipe.unet
+    names = select_targets(unet, recipe_for(unet.config).include)[:6]
+    c = T.Conditioner(random_pipe, "cpu")
+    fc, uc = c.embed(["a star", "a photo of a star"]), c.embed([""])
+    lat = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = T.TrainConfig(batch_size=2, forget_n=3)
+    acp = random_pipe.scheduler.alphas_cumprod
+    a = T.forget_gradient(unet, lat, acp, fc, uc, names, cfg, "cpu", nullcontext, progress=False, lean=True)
+    b = T.forget_gradient(unet, lat, acp, fc, uc, names, cfg, "cpu", nullcontext, progress=False, lean=False)
+    for n in names:
+        assert float((a[n] - b[n]).norm() / b[n].norm()) < 1e-4, n  # batch-size-dependent kernels: float rounding only
+    assert all(p.grad is None for p in unet.parameters())

@@ -35,6 +35,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "attacks"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--erase-only", action="store_true", help="only make the missing deltas (e.g. in a second process)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from semu_diffusion import erase
@@ -81,11 +82,15 @@ def main(argv=None):
             if not d.exists() and old.exists() and not a.erase_steps:
                 d = old
             t0 = time.time()
+            if a.erase_only and (f"{m}/{c}" in results["rows"] or d.exists()):
+                continue
             if not d.exists():
                 kw = {"steps": a.erase_steps} if a.erase_steps else {}
                 erase(c, pipe=pipe, method=m, out=d, seed=a.seed, progress=False, log=lambda *x: None, **kw)
                 print(f"erased {c} with {m} in {time.time() - t0:.1f} s", flush=True)
             deltas[d.stem] = (m, d)
+        if a.erase_only:
+            continue
         by_stem = {stem: m for stem, (m, _) in deltas.items()}
 
         def on_variant(vname, vres, c=c):
@@ -107,7 +112,8 @@ def main(argv=None):
                            steps=a.steps, n_images=a.n_images, checkpoints=a.checkpoints, seed=a.seed, n_data=a.n_data,
                            out=str(work / f"report-{c}"))
         run_attacks(cfg, log=None, pipe=pipe, on_variant=on_variant)
-    save()
+    if not a.erase_only:
+        save()
 
 
 def summarize(rows: dict, methods: list[str]) -> dict:

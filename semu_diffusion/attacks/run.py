@@ -189,6 +189,7 @@ def run_attacks(cfg: AttackConfig, log=print, pipe=None, on_variant=None) -> dic
         for vname, dpath in variant_names(cfg.deltas):
             adapter = load_delta(pipe, dpath, allow_unverified=cfg.allow_unverified) if dpath else None
             if dpath:
+                pipe.unet.requires_grad_(False)  # the adapter's own parameters too: only the attack's inputs learn
                 report["deltas"][vname] = {"path": str(dpath), "sha256_16": file_sha(dpath)}
             try:
                 from ..generation import generate
@@ -214,12 +215,24 @@ def run_attacks(cfg: AttackConfig, log=print, pipe=None, on_variant=None) -> dic
             finally:
                 if dpath:
                     remove_delta(pipe, dpath, adapter_name=adapter)
+                    _drop_empty_lora_layers(pipe)
             _write_json(out / "report.json", report)
     report["timing"]["seconds"] = time.time() - t_start
     report["timing"]["device"] = device
     _write_json(out / "report.json", report)
     write_html(report, out / "report.html")
     return report
+
+
+def _drop_empty_lora_layers(pipe) -> None:
+    """After the last adapter is deleted, peft leaves its wrapper modules in place (``to_q.base_layer``); put the
+    plain modules back so the pipeline is exactly as it was (module names, state_dict keys: erase() finds its targets)."""
+    try:
+        left = [a for v in (pipe.get_list_adapters() or {}).values() for a in v]
+    except Exception:
+        left = []
+    if not left and any(type(m).__module__.startswith("peft") for m in pipe.unet.modules()):
+        pipe.unload_lora_weights()
 
 
 def _save(path: Path, grid: np.ndarray) -> None:

@@ -310,6 +310,7 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
         raise TypeError("erase_concepts() takes the concepts as its first argument, not concept=")
     if anchors not in ("first", "spread"):
         raise ConfigError(f"anchors must be 'first' or 'spread', got {anchors!r}")
+    anchor_policy = anchors
     if combine not in COMBINES:
         raise ConfigError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
     if isinstance(rank_growth, bool) or not isinstance(rank_growth, (int, float)) or not 0 <= rank_growth <= 1:
@@ -430,7 +431,7 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
         "multi_concept": {"n_concepts": N, "forget_n_per_concept": m, "anchor_latents_per_concept": n_anchor_each,
                           "combine": combine if cfg.method == "semu" else "sum of unit-norm concept gradients",
                           "rank_cap": getattr(meth, "rank_cap", None), "rank_growth": rank_growth,
-                          "default_anchors": anchors,
+                          "default_anchors": anchor_policy,
                           "retain_prompts": rset if (rset and not cfg.retain_prompts) else None,
                           "concepts": [{"concept": p.concept, "kind": p.kind, "anchor": p.anchor} for p in plans]},
     })

@@ -155,6 +155,7 @@ def test_joint_erase_one_delta_shared_stages_once(tmp_path, toy_available, monke
     d, prov = read_delta(out)
     assert prov["concepts"] == ["triangle", "star", "heart"]
     assert prov["anchors"] == ["circle", "square", "cross"]  # default anchors: the kept classes in turn
+    assert prov["multi_concept"]["default_anchors"] == "spread"
     mc = prov["multi_concept"]
     assert mc["n_concepts"] == 3 and mc["combine"] == "concat" and mc["rank_cap"] == joint_rank_cap(12, 3)
     assert not any(w in " ".join(mc["retain_prompts"]) for w in ("triangle", "star", "heart"))

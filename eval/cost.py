@@ -115,7 +115,7 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
     zt = O.add_noise(z0, torch.randn(z0.shape, generator=g).to(device), t, acp)
     from semu_diffusion.trainer import TrainConfig
 
-    need = sorted({n for m in methods for n in get_method(m)(MethodConfig()).gradient_targets(unet, names)}
+    need = sorted({n for m in methods for n in get_method(m.split("@")[0])(MethodConfig()).gradient_targets(unet, names)}
                   | set(names))
     t0 = time.time()
     grads = forget_gradient(unet, z0.cpu(), acp, cond, unc, need, TrainConfig(batch_size=1, forget_n=1), device,
@@ -128,9 +128,13 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
     info: dict[str, dict] = {}
     for rep in range(repeats):
         for m in methods:
-            meth = get_method(m)(cfg)
-            freeze = frozen(unet)  # as erase() does: only the method's own parameters get gradients
+            meth = get_method(m.split("@")[0])(cfg)
+            # as erase() does: only the method's own parameters get gradients ("<method>@nofreeze": the behaviour
+            # before the freeze fix, every UNet weight left trainable as load_pipeline gives it)
+            freeze = frozen(unet) if not m.endswith("@nofreeze") else __import__("contextlib").nullcontext()
             freeze.__enter__()
+            if m.endswith("@nofreeze"):
+                unet.requires_grad_(True)
             params = meth.setup(unet, names, grads)
             saved = cast_frozen(unet, dtype) if dtype else {}
             opt = torch.optim.Adam(params, lr=1e-6)
@@ -155,6 +159,8 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
                 restore_frozen(unet, saved)
                 meth.restore(unet)
                 freeze.__exit__(None, None, None)
+                for q in unet.parameters():
+                    q.grad = None
             log(f"  rep {rep + 1}/{repeats} {m}: {statistics.median(times[m][-iters:]):.3f} s/step")
     med = {m: statistics.median(v) for m, v in times.items()}
     return {"median_step_seconds": med, "ratio_to_semu": {m: med[m] / med["semu"] for m in methods},
@@ -205,6 +211,9 @@ def main(argv=None):
     p.add_argument("--memory-methods", default="semu,full",
                    help="methods whose whole erasure's peak memory is measured, each in its own process ('' skips)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--freeze-only", action="store_true",
+                   help="only the training step of semu and full with and without the freeze fix, alternating in one run "
+                        "(writes cost-<arch>-<device>-freeze.{json,md})")
     p.add_argument("--memory-only", action="store_true",
                    help="re-measure only the erase peak memory into the existing report in --out-dir")
     a = p.parse_args(argv)
@@ -252,6 +261,25 @@ def main(argv=None):
                                       "cuda_peak_gb": r.stats.get("cuda_max_allocated_gb"), "seconds": r.stats["seconds"]}))
         return
     res = a.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if a.freeze_only:
+        ms = ["semu@nofreeze", "full@nofreeze", "semu", "full"]
+        t = step_times(pipe, ms, a.device, a.mixed_precision, res, a.repeats, a.iters)
+        med = t["median_step_seconds"]
+        rep = {"arch": a.arch, "device": a.device, "resolution": res, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+               "train_step": t, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
+        out = Path(a.out_dir)
+        name = f"cost-{a.arch}-{a.device.split(':')[0]}-freeze"
+        (out / f"{name}.json").write_text(json.dumps(rep, indent=2))
+        md = [f"# Freeze fix, one run: {a.arch} on {a.device}, {res} px, batch 1, OMP_NUM_THREADS={rep['omp_num_threads']}",
+              "", f"Median of {a.repeats} alternating repeats x {a.iters} steps (forward + backward + Adam).", "",
+              "| | semu s/step | full s/step | semu / full |", "|---|---|---|---|",
+              f"| before (every UNet weight trainable, as loaded) | {med['semu@nofreeze']:.4f} | {med['full@nofreeze']:.4f} | "
+              f"{med['semu@nofreeze'] / med['full@nofreeze']:.2f} |",
+              f"| after (UNet frozen, only the method's parameters train) | {med['semu']:.4f} | {med['full']:.4f} | "
+              f"{med['semu'] / med['full']:.2f} |", ""]
+        (out / f"{name}.md").write_text("\n".join(md))
+        print("\n".join(md))
+        return
     report = {"arch": a.arch, "device": a.device, "mixed_precision": a.mixed_precision, "resolution": res,
               "unet_params": sum(p.numel() for p in pipe.unet.parameters()), "build_seconds": build_seconds,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,

@@ -169,7 +169,8 @@ def table(results: dict) -> str:
              "seconds are indicative). Erased classes: the first N of "
              f"{', '.join(results['order'])} (nested subsets); circle and square are always kept.", "",
              "Variants: **joint** = one SEMU delta for all N concepts (subspaces combined per layer: "
-             f"{results['combine']}); **joint-sum** = the same with the SVD of the summed unit-norm gradients; "
+             f"{results['combine']}, anchors: the kept classes in turn); **joint-first-anchor** = the same with every "
+             "concept remapped to circle; **joint-sum** = the SVD of the summed unit-norm gradients instead; "
              "**stacked** = N single-concept SEMU deltas folded with `merge_deltas` (exactly equal to stacking the "
              f"adapters; seconds = the sum of the N erases); **{results['rival']}** = the rival trained jointly on the "
              "same forget set.", "",
@@ -182,9 +183,10 @@ def table(results: dict) -> str:
     for r in rows:
         fd = f"{r['fd_kept_vs_base']:.2f}" if r.get("fd_kept_vs_base") is not None else "-"
         tx = f"{r['seconds'] / t1:.2f}" if t1 else "-"
+        lo = f"{r['load_average_1min']:.1f}" if r.get("load_average_1min") is not None else "-"
         lines.append(f"| {r['n']} | {r['variant']} | {r['UA']:.3f} | {r['RA']:.3f} ({r['RA_base']:.3f}) | "
                      f"{r['RA_base'] - r['RA']:+.3f} | {fd} | {r['trainable_frac']:.4f} | {r['delta_bytes'] / 1e6:.2f} | "
-                     f"{r['seconds']:.0f} | {tx} | {r.get('load_average_1min', float('nan')):.1f} |")
+                     f"{r['seconds']:.0f} | {tx} | {lo} |")
     lines += ["", "UA per erased class:", ""]
     for r in rows:
         lines.append(f"- N={r['n']} {r['variant']}: " + ", ".join(f"{c} {u:.2f}" for c, u in r["UA_per_class"].items()))

@@ -49,7 +49,8 @@ def test_report_fields_for_a_delta(toy_available, tmp_path):
             assert a["attack_seconds"] >= 0 and a["seconds"] >= a["attack_seconds"]
             assert (out / a["images"]).is_file()
     ps = rep["results"]["semu-triangle"]["prompt-search"]
-    assert ps["typed_prompt"].endswith("a photo of a triangle") and len(ps["typed_prompt"].split()) >= 7
+    # real vocabulary tokens (decoded; sub-words may join into one word) before the concept prompt
+    assert ps["typed_prompt"].endswith(" a photo of a triangle") and len(ps["typed_prompt"]) > len(" a photo of a triangle")
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["deltas"]["semu-triangle"]["sha256_16"] and on_disk["protocol"]["budget_steps"] == 4
     assert "semu-triangle" in (out / "report.html").read_text()

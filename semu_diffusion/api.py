@@ -121,6 +121,9 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
         model_id = pipe.semu_model_id
     else:
         model_id = getattr(pipe, "semu_model_id", None) or getattr(pipe, "name_or_path", None) or "user-pipeline"
+        if pipe.unet.dtype != torch.float32:
+            raise ConfigError(f"the pipeline's UNet is in {pipe.unet.dtype}: erase() keeps the base weights in float32; "
+                              "load it with torch_dtype=torch.float32 and pass mixed_precision='bf16' (or 'fp16' on CUDA)")
     load_s = time.time() - t0
     unet = pipe.unet
     recipe = recipe_for(unet.config, cfg.recipe)
@@ -354,15 +357,22 @@ def erase(concept: str | EraseConfig | None = None, *, pipe=None, progress: bool
             restore_frozen(unet, saved)  # names are those of the wrapped UNet: restore before unwrapping
             m.restore(unet)
     path, prov = write_outputs(run, delta)
+    stats = {"concept": run.plan.concept, "anchor": run.plan.anchor,
+             **run_stats(run, m, delta, path, unet_params, t_all)}
+    return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
+
+
+def run_stats(run, meth, delta, path, unet_params: int, t_all: float) -> dict:
+    """The figures of a finished erase run (method, ranks, sizes, losses, stage times), shared by single- and
+    multi-concept erasure."""
     tr = run.train_result
-    trainable = m.trainable_numel()
+    trainable = meth.trainable_numel()
+    ranks = list(delta.ranks.values())
     stats = {
-        "concept": run.plan.concept, "anchor": run.plan.anchor, "method": run.cfg.method, "preset": run.cfg.preset,
-        "layers": len(run.names), "trainable_params": trainable, "unet_params": unet_params,
-        "trainable_frac": trainable / unet_params,
-        "rank_min": min(delta.ranks.values()) if delta.ranks else None,
-        "rank_max": max(delta.ranks.values()) if delta.ranks else None,
-        "rank_mean": (sum(delta.ranks.values()) / len(delta.ranks)) if delta.ranks else None,
+        "method": run.cfg.method, "preset": run.cfg.preset, "layers": len(run.names), "trainable_params": trainable,
+        "unet_params": unet_params, "trainable_frac": trainable / unet_params,
+        "rank_min": min(ranks) if ranks else None, "rank_max": max(ranks) if ranks else None,
+        "rank_mean": (sum(ranks) / len(ranks)) if ranks else None,
         "delta_bytes": path.stat().st_size if path else None, "final_loss": tr["losses"][-1],
         "first_loss": tr["losses"][0], "step_seconds": tr["step_seconds"],
         "forget_latents": len(run.latents), "anchor_latents": run.n_anchor,
@@ -372,4 +382,4 @@ def erase(concept: str | EraseConfig | None = None, *, pipe=None, progress: bool
     }
     if run.device.startswith("cuda"):
         stats["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
+    return stats

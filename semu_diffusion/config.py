@@ -245,25 +245,25 @@ def _readable_file(name: str, path) -> None:
         raise _bad(name, f"{p} cannot be read as UTF-8 text ({type(e).__name__}): pass a plain text prompt file") from None
 
 
-def image_files(folder) -> list[Path]:
-    """The readable images in ``folder`` (each opened and verified); raises ConfigError naming the bad one."""
+def image_files(folder, flag: str = "--forget-images", error: type[Exception] | None = None) -> list[Path]:
+    """The readable images in ``folder`` (each opened and verified); raises ``error`` (ConfigError) naming the bad one."""
     from PIL import Image
 
+    err = error or ConfigError
     p = Path(folder)
     if not p.exists():
-        raise ConfigError(f"--forget-images {p} not found: pass a folder of .png/.jpg images of the concept")
+        raise err(f"{flag} {p} not found: pass a folder of .png/.jpg images of the concept")
     if not p.is_dir():
-        raise ConfigError(f"--forget-images {p} is a file, not a folder: pass a folder of .png/.jpg images")
+        raise err(f"{flag} {p} is a file, not a folder: pass a folder of .png/.jpg images")
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
-        raise ConfigError(f"--forget-images {p} holds no .png/.jpg/.webp images: pass a folder of images of the concept")
+        raise err(f"{flag} {p} holds no .png/.jpg/.webp images: pass a folder of images of the concept")
     for f in files:
         try:
             with Image.open(f) as im:
                 im.verify()
         except Exception as e:  # PIL raises many types for damaged files
-            raise ConfigError(f"--forget-images: {f.name} is not a readable image ({type(e).__name__}): remove or "
-                              "replace it") from None
+            raise err(f"{flag}: {f.name} is not a readable image ({type(e).__name__}): remove or replace it") from None
     return files
 
 

@@ -443,21 +443,10 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
 
         to_kohya(path, cfg.kohya)
     run.stage["export"] = run.stage.get("export", 0.0) + time.time() - t0
-    tr = run.train_result
-    trainable = meth.trainable_numel()
     stats = {
         "concept": ", ".join(p.concept for p in plans), "concepts": [p.concept for p in plans], "anchor": prov["anchor"],
-        "anchors": anchors, "method": cfg.method, "preset": cfg.preset, "combine": prov["multi_concept"]["combine"],
-        "layers": len(run.names), "trainable_params": trainable, "unet_params": unet_params,
-        "trainable_frac": trainable / unet_params,
-        "rank_min": min(delta.ranks.values()) if delta.ranks else None,
-        "rank_max": max(delta.ranks.values()) if delta.ranks else None,
-        "rank_mean": (sum(delta.ranks.values()) / len(delta.ranks)) if delta.ranks else None,
-        "delta_bytes": path.stat().st_size if path else None, "final_loss": tr["losses"][-1],
-        "first_loss": tr["losses"][0], "step_seconds": tr["step_seconds"], "forget_latents": len(run.latents),
-        "anchor_latents": run.n_anchor, "stage_seconds": {k: round(v, 3) for k, v in run.stage.items()},
-        "seconds": time.time() - t_all, "device": run.device, "mixed_precision": cfg.mixed_precision,
-        "out": str(path) if path else None, "kohya_out": str(cfg.kohya) if (path and cfg.kohya) else None,
+        "anchors": anchors, "combine": prov["multi_concept"]["combine"],
+        **api.run_stats(run, meth, delta, path, unet_params, t_all),
     }
     return api.EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
 

@@ -159,3 +159,14 @@ def test_recipe_merge_precedence():
         resolve(EraseConfig(concept="star", cufg=True, retain_weight=0.0), rec)
     assert set(PAPER_PRESETS) == {"semu-paper", "esd-x-paper", "esd-u-paper"}
     assert dataclasses.replace(r, steps=6).steps == 6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_pipeline_is_refused_with_the_fix(dtype):
+    from semu_diffusion.loading import load_pipeline
+
+    pipe = load_pipeline("toy", device="cpu", dtype=dtype)
+    before = {k: v.clone() for k, v in list(pipe.unet.state_dict().items())[:4]}
+    with pytest.raises(ConfigError, match="torch_dtype=torch.float32"):
+        api.erase("triangle", pipe=pipe, steps=1, forget_n=1, progress=False, log=lambda *a: None)
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in before.items())

@@ -170,6 +170,18 @@ class Attack:
         """One optimisation step; returns its loss."""
         raise NotImplementedError
 
+    def descend(self, vectors: torch.Tensor) -> float:
+        """One Adam step of the diffusion loss on a concept minibatch with the placeholder tokens set to ``vectors``."""
+        self.slots.vectors = vectors
+        with self.slots:
+            cond = encode(self.pipe, [self.text])
+        loss = diffusion_loss(self.pipe, self.minibatch(), cond, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.last_loss = float(loss.detach())
+        return self.last_loss
+
     def current(self) -> tuple[str, torch.Tensor | None]:
         """(prompt text with the placeholder words, their vectors) the attack would use now."""
         raise NotImplementedError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, diffusion_loss, encode, random_vectors, register_attack
+from .base import Attack, random_vectors, register_attack
 
 TEMPLATE = "a photo of a {}"
 
@@ -24,15 +24,7 @@ class InversionAttack(Attack):
         self.text = TEMPLATE.format(self.slots.text)
 
     def step(self) -> float:
-        self.slots.vectors = self.vectors
-        with self.slots:
-            cond = encode(self.pipe, [self.text])
-        loss = diffusion_loss(self.pipe, self.minibatch(), cond, self.gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.last_loss = float(loss.detach())
-        return self.last_loss
+        return self.descend(self.vectors)
 
     def current(self):
         return self.text, self.vectors.detach().clone()

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from ..config import IMAGE_SUFFIXES  # noqa: F401  (one list of image types)
 
 
 class AttackOptionError(ValueError):
@@ -119,21 +119,6 @@ class AttackConfig:
 
 def concept_image_files(folder) -> list[Path]:
     """The readable images in ``folder``; one-line errors for a missing folder, a file, no images, a broken image."""
-    from PIL import Image
+    from ..config import image_files
 
-    p = Path(folder)
-    if not p.exists():
-        raise AttackOptionError(f"--images {p} not found: pass a folder of .png/.jpg images of the concept "
-                                "(or leave it out: the base model generates them)")
-    if not p.is_dir():
-        raise AttackOptionError(f"--images {p} is a file, not a folder: pass a folder of .png/.jpg images")
-    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    if not files:
-        raise AttackOptionError(f"--images {p} holds no .png/.jpg/.webp images: pass a folder of images of the concept")
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.verify()
-        except Exception:
-            raise AttackOptionError(f"--images: {f} is not a readable image: remove or replace it") from None
-    return files
+    return image_files(folder, flag="--images", error=AttackOptionError)

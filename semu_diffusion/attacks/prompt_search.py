@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, diffusion_loss, embedding_matrix, encode, register_attack
+from .base import Attack, embedding_matrix, register_attack
 
 
 @register_attack("prompt-search")
@@ -38,15 +38,7 @@ class PromptSearchAttack(Attack):
     def step(self) -> float:
         ids = self.nearest()
         proj = self.E[ids]
-        self.slots.vectors = self.cont + (proj - self.cont).detach()  # forward: the real tokens; gradient: to cont
-        with self.slots:
-            cond = encode(self.pipe, [self.text])
-        loss = diffusion_loss(self.pipe, self.minibatch(), cond, self.gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.last_loss = float(loss.detach())
-        return self.last_loss
+        return self.descend(self.cont + (proj - self.cont).detach())  # forward: the real tokens; gradient: to cont
 
     def current(self):
         ids = self.nearest()

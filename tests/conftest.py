@@ -31,3 +31,13 @@ def toy_available():
     if not shipped_available():
         pytest.fail("the shipped toy weights are missing from semu_diffusion/toy/weights")
     return True
+
+
+def unet_out(unet, seed=0):
+    """UNet output on a fixed small random input (2 samples, 8x8 latents, 32x64 text states): for exactness checks."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500])
+    e = torch.randn(2, 32, 64, generator=g)
+    with torch.no_grad():
+        return unet(x, t, encoder_hidden_states=e).sample

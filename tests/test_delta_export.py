@@ -8,6 +8,7 @@ from semu_diffusion import load_delta
 from semu_diffusion.delta import DeltaError, fingerprint, read_delta, save_delta, to_kohya
 from semu_diffusion.methods import MethodConfig, get_method
 from semu_diffusion.recipes import recipe_for, select_targets
+from conftest import unet_out as _unet_out
 
 LINEAR = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
 CONV1x1 = "down_blocks.0.attentions.0.proj_in"
@@ -17,15 +18,6 @@ CONV3x3 = "down_blocks.1.resnets.0.conv1"
 def _stock_load(pipe, path, name):
     """Stock diffusers loading of a file (folder + weight_name: the form diffusers 0.35 accepts offline)."""
     pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-
-
-def _unet_out(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 4, 8, 8, generator=g)
-    t = torch.tensor([10, 500])
-    e = torch.randn(2, 32, 64, generator=g)
-    with torch.no_grad():
-        return unet(x, t, encoder_hidden_states=e).sample
 
 
 def _low_rank_grad(shape, k, g):

@@ -7,20 +7,12 @@ import torch
 from semu_diffusion import load_deltas, merge_deltas
 from semu_diffusion.delta import DeltaError, fingerprint, read_delta, save_delta
 from semu_diffusion.methods.base import Delta
+from conftest import unet_out as _unet_out
 
 LINEAR = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
 LINEAR2 = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q"
 CONV1x1 = "down_blocks.0.attentions.0.proj_in"
 CONV3x3 = "down_blocks.1.resnets.0.conv1"
-
-
-def _unet_out(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 4, 8, 8, generator=g)
-    t = torch.tensor([10, 500])
-    e = torch.randn(2, 32, 64, generator=g)
-    with torch.no_grad():
-        return unet(x, t, encoder_hidden_states=e).sample
 
 
 def _factors(w, r, g, scale=0.05):

@@ -36,6 +36,13 @@ def _fail(prog: str, msg: str) -> "None":
     raise SystemExit(2)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (message + "(see --help)") with exit code 2, like every other refusal."""
+
+    def error(self, message):
+        _fail(self.prog, f"{message} (see --help)")
+
+
 def _known_errors():
     from .delta import DeltaError
     from .loading import ModelLoadError
@@ -97,10 +104,6 @@ def _check_out_path(prog: str, out: str) -> None:
 def erase_main(argv: list[str] | None = None) -> None:
     """semu-erase: flags derived from EraseConfig; every option checked before the model loads."""
     from .config import ConfigError, add_cli_flags, config_from_args, default_out_name
-
-    class _OneLineParser(argparse.ArgumentParser):
-        def error(self, message):  # argparse's usage + message, as one line and exit code 2
-            _fail(self.prog, f"{message} (see --help)")
 
     p = _OneLineParser(prog="semu-erase", description="Erase a concept from a Stable Diffusion model with SEMU "
                        "and write a diffusers-loadable delta (.safetensors).")
@@ -165,10 +168,6 @@ def erase_main(argv: list[str] | None = None) -> None:
 @_cli_entry("semu-eval")
 def eval_main(argv: list[str] | None = None) -> None:
     """semu-eval: parse, validate every option before any work, run semu_diffusion.evaluation, print."""
-
-    class _OneLineParser(argparse.ArgumentParser):
-        def error(self, message):  # argparse's usage + message, as one line and exit code 2
-            _fail(self.prog, f"{message} (see --help)")
 
     p = _OneLineParser(prog="semu-eval", description="Generate images for prompt sets with the base model and each "
                        "delta (paired seeds) and measure erasure: judges (toy, clip, imagenet, nudenet), FD/KID, CLIP score.")
@@ -295,10 +294,6 @@ def toy_main(argv: list[str] | None = None) -> None:
 def merge_main(argv: list[str] | None = None) -> None:
     """semu-merge: fold several delta files into one (exact for LoRA factors: concatenated ranks)."""
 
-    class _OneLineParser(argparse.ArgumentParser):
-        def error(self, message):
-            _fail(self.prog, f"{message} (see --help)")
-
     p = _OneLineParser(prog="semu-merge", description="Fold several semu delta files into one .safetensors delta "
                        "(sum of the weighted updates; LoRA factors concatenated, so the merge is exact).")
     p.add_argument("deltas", nargs="+", help="delta files to merge")
@@ -346,10 +341,6 @@ def _add_attack_flags(p: argparse.ArgumentParser) -> None:
 @_cli_entry("semu-attack")
 def attack_main(argv: list[str] | None = None) -> None:
     """semu-attack: red-team deltas with concept-recovery attacks; parse, validate before any work, print."""
-
-    class _OneLineParser(argparse.ArgumentParser):
-        def error(self, message):
-            _fail(self.prog, f"{message} (see --help)")
 
     p = _OneLineParser(prog="semu-attack", description="Try to bring an erased concept back (learned token embeddings, "
                        "adversarial prompt search) on the base model and each delta; report the attack success rate.")

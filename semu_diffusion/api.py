@@ -309,10 +309,33 @@ def export_delta(run: EraseRun):
     return delta
 
 
-def write_outputs(run: EraseRun, delta) -> tuple[Path | None, dict]:
+def train_and_export(run: EraseRun):
+    """Stages 4-6: method setup, training and export with the UNet frozen (only the method's own parameters get
+    gradients; the caller's requires_grad comes back) and, under mixed precision, the frozen weights cast; the
+    UNet is back at its base weights afterwards. Returns the Delta."""
+    unet, m = run.unet, run.method
+    with frozen(unet):
+        setup_method(run)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(run.cfg.mixed_precision)
+        saved = {}
+        try:
+            if dtype is not None:
+                saved = cast_frozen(unet, dtype)
+            train_method(run)
+            return export_delta(run)
+        finally:
+            restore_frozen(unet, saved)  # names are those of the wrapped UNet: restore before unwrapping
+            m.restore(unet)
+
+
+def write_outputs(run: EraseRun, delta, extra_provenance=None) -> tuple[Path | None, dict]:
+    """Fingerprint the (restored) base, build the provenance (``extra_provenance(prov)`` may amend it), write the
+    delta and the optional kohya copy."""
     t0 = time.time()
     base_fp = fingerprint(run.unet, delta.modules())  # the base weights are restored exactly at this point
     prov = provenance(run, delta, base_fp)
+    if extra_provenance is not None:
+        extra_provenance(prov)
     path = save_delta(run.cfg.out, delta, prov) if run.cfg.out else None
     if path is not None and run.cfg.kohya:
         from .delta import to_kohya
@@ -342,23 +365,11 @@ def erase(concept: str | EraseConfig | None = None, *, pipe=None, progress: bool
     make_forget_set(run)
     make_base_targets(run)
     compute_forget_gradient(run)
-    unet, m = run.unet, run.method
-    unet_params = sum(p.numel() for p in unet.parameters())
-    with frozen(unet):  # only the method's own parameters get gradients; the caller's requires_grad comes back
-        setup_method(run)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(run.cfg.mixed_precision)
-        saved = {}
-        try:
-            if dtype is not None:
-                saved = cast_frozen(unet, dtype)
-            train_method(run)
-            delta = export_delta(run)
-        finally:
-            restore_frozen(unet, saved)  # names are those of the wrapped UNet: restore before unwrapping
-            m.restore(unet)
+    unet_params = sum(p.numel() for p in run.unet.parameters())
+    delta = train_and_export(run)
     path, prov = write_outputs(run, delta)
     stats = {"concept": run.plan.concept, "anchor": run.plan.anchor,
-             **run_stats(run, m, delta, path, unet_params, t_all)}
+             **run_stats(run, run.method, delta, path, unet_params, t_all)}
     return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
 
 

@@ -345,10 +345,6 @@ def resolve(c: EraseConfig, recipe) -> EraseConfig:
     return r
 
 
-def method_option_names() -> set[str]:
-    return {"salun_share", "sap_share", "sap_probes", "sap_batches"}
-
-
 def config_from_kwargs(**kw) -> EraseConfig:
     """Build a config from ``erase()`` keyword arguments, naming an unknown one."""
     names = {f.name for f in fields(EraseConfig)}

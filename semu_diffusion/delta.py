@@ -88,13 +88,18 @@ def base_signature(unet: nn.Module, modules: list[str]) -> dict:
             "values": base64.b64encode(v.numpy().astype("<f4").tobytes()).decode("ascii")}
 
 
+def signature_id(sig: dict) -> str:
+    """The short id of a base signature (what ``base_fingerprint`` records)."""
+    h = hashlib.sha256(json.dumps(sig["modules"]).encode())
+    h.update(sig["values"].encode())
+    return h.hexdigest()[:32]
+
+
 def fingerprint(unet: nn.Module, modules: list[str], samples: int | None = None) -> Fingerprint:
     """Fingerprint of the targeted base weights: a short id (names, shapes, dtype, sampled values) that carries the
     full :func:`base_signature`; :func:`check_base` compares signatures independently of fp32/fp16/bf16 loads."""
     sig = base_signature(unet, modules)
-    h = hashlib.sha256(json.dumps(sig["modules"]).encode())
-    h.update(sig["values"].encode())
-    fp = Fingerprint(h.hexdigest()[:32])
+    fp = Fingerprint(signature_id(sig))
     fp.signature = sig
     return fp
 
@@ -302,18 +307,6 @@ def read_delta(path: str | Path, allow_pickle: bool = False) -> tuple[Delta, dic
     from .validate import validate_delta as _validate
 
     return _validate(path, None, allow_unverified=True, allow_pickle=allow_pickle)
-
-
-def validate_delta(unet: nn.Module, delta: Delta, prov: dict, path: str | Path = "delta",
-                   allow_unverified: bool = False) -> None:
-    """Deprecated form kept for callers of the first API: shapes against ``unet`` and the base fingerprint
-    (required unless ``allow_unverified``, as in :func:`load_delta`).
-
-    Use :func:`semu_diffusion.validate.validate_delta` (``path, pipe``), which also checks the file itself.
-    """
-    from .validate import check_against_unet
-
-    check_against_unet(unet, delta, prov, path, allow_unverified=allow_unverified)
 
 
 def _lora_part(delta: Delta) -> dict[str, torch.Tensor]:

@@ -9,14 +9,12 @@ dense. Every source file is validated first; nothing is written or changed when 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import math
 from pathlib import Path
 
 import torch
 
-from .delta import DeltaError, apply_dense, save_delta
+from .delta import DeltaError, apply_dense, save_delta, signature_id
 from .methods.base import Delta
 
 
@@ -112,12 +110,6 @@ def _merge_signatures(provs: list[dict], paths) -> dict | None:
     v = torch.cat(vals)
     return {"version": provs[0]["base_signature"]["version"] if provs[0].get("base_signature") else 2,
             "modules": rows, "values": base64.b64encode(v.numpy().astype("<f4").tobytes()).decode("ascii")}
-
-
-def _fingerprint_id(sig: dict) -> str:
-    h = hashlib.sha256(json.dumps(sig["modules"]).encode())
-    h.update(sig["values"].encode())
-    return h.hexdigest()[:32]
 
 
 def merge_delta_objects(deltas: list[Delta], weights: list[float], max_rank: int | None = None) -> tuple[Delta, dict]:
@@ -219,7 +211,7 @@ def merge_deltas(paths, out, weights=None, max_rank: int | None = None, allow_un
     }
     if sig is not None:
         prov["base_signature"] = sig
-        prov["base_fingerprint"] = _fingerprint_id(sig)
+        prov["base_fingerprint"] = signature_id(sig)
     return save_delta(out, merged, prov, keep_local_paths=False)
 
 

@@ -329,13 +329,24 @@ def load_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: str 
         raise DeltaError(f"strength must be a finite number, got {strength!r}")
     delta, prov = _validate(path, pipe, allow_unverified=allow_unverified, allow_pickle=allow_pickle)
     name = adapter_name or f"semu_{Path(path).stem}"
+    if delta.lora and name in loaded_adapters(pipe):
+        raise DeltaError(f"an adapter named {name!r} is already loaded: pass another adapter_name or unload it first")
+    apply_delta(pipe, delta, path, strength, name)
+    return name
+
+
+def loaded_adapters(pipe) -> set[str]:
+    """Names of the LoRA adapters loaded into the pipeline's UNet."""
+    try:
+        return set(pipe.get_list_adapters().get("unet", []))
+    except Exception:  # no adapters loaded yet (older diffusers raise here)
+        return set()
+
+
+def apply_delta(pipe, delta: Delta, path: str | Path, strength: float, name: str) -> None:
+    """Apply an already validated delta (read from ``path``): its LoRA part as diffusers adapter ``name`` scaled by
+    ``strength``, its dense part added to the weights."""
     if delta.lora:
-        try:
-            existing = set(pipe.get_list_adapters().get("unet", []))
-        except Exception:  # no adapters loaded yet (older diffusers raise here)
-            existing = set()
-        if name in existing:
-            raise DeltaError(f"an adapter named {name!r} is already loaded: pass another adapter_name or unload it first")
         if delta.dense:  # diffusers refuses files with non-LoRA keys: hand it the LoRA part, with its metadata header
             from safetensors.torch import save_file
 
@@ -349,7 +360,6 @@ def load_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: str 
         pipe.set_adapters([name], adapter_weights=[float(strength)])
     if delta.dense:
         apply_dense(pipe.unet, delta, strength)
-    return name
 
 
 @torch.no_grad()

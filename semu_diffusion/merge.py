@@ -52,7 +52,7 @@ def load_deltas(pipe, paths, weights=None, adapter_names=None, allow_unverified:
     (adapters loaded before this call are deactivated); dense deltas are added to the weights. Nothing changes
     unless every file passes.
     """
-    from .delta import load_delta
+    from .delta import apply_delta, loaded_adapters
     from .validate import validate_delta
 
     weights = _check_weights(paths, weights)
@@ -62,17 +62,14 @@ def load_deltas(pipe, paths, weights=None, adapter_names=None, allow_unverified:
         raise DeltaError(f"{len(paths)} delta files but {len(names)} adapter names: give one name per file")
     if len(set(names)) != len(names):
         raise DeltaError(f"adapter names must be distinct, got {names}: pass adapter_names")
-    try:
-        existing = set(pipe.get_list_adapters().get("unet", []))
-    except Exception:  # no adapters yet
-        existing = set()
+    existing = loaded_adapters(pipe)
     taken = [n for n in names if n in existing]
     if taken:
         raise DeltaError(f"an adapter named {taken[0]!r} is already loaded: pass other adapter_names or unload it first")
     deltas = [validate_delta(p, pipe, allow_unverified=allow_unverified)[0] for p in paths]  # all checks first
     lora = []
     for p, w, n, d in zip(paths, weights, names, deltas):
-        load_delta(pipe, p, strength=w, adapter_name=n, allow_unverified=allow_unverified)
+        apply_delta(pipe, d, p, w, n)
         if d.lora:
             lora.append((n, w))
     if lora:

@@ -118,13 +118,13 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from .features import ClipFeatures
 
     extractors["clip"] = ClipFeatures(cfg.clip_model, cfg.clip_pretrained, device)
-    from ..validate import validate_delta
+    from ..validate import check_against_unet, validate_delta
 
-    for d in cfg.deltas:  # the files themselves (format, finite values, provenance, fingerprint present): before the model
-        validate_delta(d, None, allow_unverified=cfg.allow_unverified)
+    # the files themselves (format, finite values, provenance, fingerprint present): before the model loads
+    read = {d: validate_delta(d, None, allow_unverified=cfg.allow_unverified) for d in cfg.deltas}
     pipe = load_pipeline(cfg.model, device=device)
-    for d in cfg.deltas:  # against this model: modules, shapes, base fingerprint
-        validate_delta(d, pipe, allow_unverified=cfg.allow_unverified)
+    for d, (delta, prov) in read.items():  # against this model: modules, shapes, base fingerprint
+        check_against_unet(pipe.unet, delta, prov, d, allow_unverified=cfg.allow_unverified)
     for j in judges:
         j.setup(sets, cfg.forget_label)
     rec = recipe_for(pipe.unet.config)

@@ -69,18 +69,20 @@ def main(argv=None):
         how = {"preset": m} if m in PAPER_PRESETS else {"method": m}
         r = erase(c, pipe=pipe, out=delta, seed=a.seed, progress=False, log=lambda *x: None, **how)
         erase_s = time.time() - t0
-        rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms"],
-                                  per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),
+        rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms", "toy_colors"],
+                                  judges=["toy", "toy-color"], per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),
                        log=lambda *x: None)
         v = delta.stem
         cl, syn = rep["results"]["toy_classes"], rep["results"]["toy_synonyms"]
         base_cache[c] = {"UA": cl["base"]["UA"], "RA": cl["base"]["RA"], "UA_syn": syn["base"]["UA"],
+                         "color_kept": kept_color_accuracy(rep, "base", c),
                          "fd_real": cl["base"].get("fd_clip_retained_vs_real"), "clip_score": cl["base"].get("clip_score_retained")}
         results.setdefault("base", {})[c] = base_cache[c]
         results["runs"][f"{m}/{c}"] = {
             "method": m, "class": c, "UA": cl[v]["UA"], "RA": cl[v]["RA"], "UA_syn": syn[v]["UA"],
             "fd_real": cl[v].get("fd_clip_retained_vs_real"), "fd_base": cl[v].get("fd_clip_retained_vs_base"),
-            "clip_score": cl[v].get("clip_score_retained"), "trainable_frac": r.stats["trainable_frac"],
+            "clip_score": cl[v].get("clip_score_retained"), "color_kept": kept_color_accuracy(rep, v, c),
+            "trainable_frac": r.stats["trainable_frac"],
             "delta_bytes": r.stats["delta_bytes"], "erase_seconds": erase_s, "per_label_accuracy": cl[v]["per_label_accuracy"],
         }
         tmp = res_path.with_suffix(".tmp")
@@ -88,6 +90,13 @@ def main(argv=None):
         os.replace(tmp, res_path)
         write_table(out, results, methods, classes, a.name)
     print(write_table(out, results, methods, classes, a.name))
+
+
+def kept_color_accuracy(rep: dict, variant: str, erased: str) -> float:
+    """Pixel-oracle colour accuracy on the toy_colors prompts whose shape is not the erased class."""
+    acc = rep["results"]["toy_colors"][variant]["judges"]["toy-color"]["per_prompt_accuracy"]
+    kept = [a for pr, a in acc.items() if pr.split()[-1] != erased]
+    return float(sum(kept) / len(kept))
 
 
 def write_table(out: Path, results: dict, methods: list[str], classes: list[str], name: str = "classwise") -> str:
@@ -113,13 +122,14 @@ def table(results: dict, methods: list[str], classes: list[str]) -> str:
              f"{', '.join(classes)})", "",
              f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs. Means over classes, worst "
              "class in brackets. UA = 1 - accuracy on the erased class, RA = accuracy on the other classes.", "",
-             "| method | classes | UA | UA synonyms | RA | RA drop vs base | FD-CLIP vs real | FD-CLIP vs base | CLIP score | trainable share | delta MB | erase s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | classes | UA | UA synonyms | RA | RA drop vs base | FD-CLIP vs real | FD-CLIP vs base | CLIP score | colour acc. kept | trainable share | delta MB | erase s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if base:
         bs = [base[c] for c in classes if c in base]
         lines.append(f"| base | {len(bs)} | {agg([b['UA'] for b in bs], 'min')} | {agg([b['UA_syn'] for b in bs], 'min')} | "
                      f"{agg([b['RA'] for b in bs], 'min')} | - | {agg([b['fd_real'] for b in bs], 'max')} | - | "
-                     f"{agg([b['clip_score'] for b in bs], 'min')} | - | - | - |")
+                     f"{agg([b['clip_score'] for b in bs], 'min')} | {agg([b.get('color_kept') for b in bs], 'min')} | "
+                     "- | - | - |")
     for m in methods:
         rs = [results["runs"].get(f"{m}/{c}") for c in classes]
         rs = [r for r in rs if r]
@@ -129,6 +139,7 @@ def table(results: dict, methods: list[str], classes: list[str]) -> str:
         lines.append(f"| {m} | {len(rs)} | {agg([r['UA'] for r in rs], 'min')} | {agg([r['UA_syn'] for r in rs], 'min')} | "
                      f"{agg([r['RA'] for r in rs], 'min')} | {agg(drop, 'max')} | {agg([r['fd_real'] for r in rs], 'max')} | "
                      f"{agg([r['fd_base'] for r in rs], 'max')} | {agg([r['clip_score'] for r in rs], 'min')} | "
+                     f"{agg([r.get('color_kept') for r in rs], 'min')} | "
                      f"{agg([r['trainable_frac'] for r in rs], 'max')} | {np.mean([r['delta_bytes'] for r in rs]) / 1e6:.2f} | "
                      f"{np.mean([r['erase_seconds'] for r in rs]):.1f} |")
     done = [c for c in classes if any(f"{m}/{c}" in results["runs"] for m in methods)]

@@ -53,6 +53,9 @@ class ClassifierJudge(Judge):
             out["per_label_accuracy"] = {lb: float((pred[lab == self.canonical(lb)] == self.canonical(lb)).mean())
                                          for lb in present}
             out["accuracy"] = float((pred == lab).mean())
+            prompts = np.array([it.prompt for it in items], dtype=object)
+            out["per_prompt_accuracy"] = {pr: float((pred[prompts == pr] == lab[prompts == pr]).mean())
+                                          for pr in dict.fromkeys(prompts)}
         if forget_label:
             fl = self.canonical(forget_label)
             out["detection_rate"] = float((pred == fl).mean())
@@ -135,6 +138,32 @@ def _clip(model, pretrained=None, device="cpu", random_init=False, **_):
 
 
 _clip.n_args = (1, 2)
+
+
+class PixelColorJudge(ClassifierJudge):
+    """The toy world's pixel-statistics colour oracle (no learned model): colour accuracy of prompt sets whose labels
+    are toy colours; other sets are skipped."""
+
+    def label_space(self, ps, forget_label, all_labels):
+        from ...toy import world
+
+        labels = ps.label_names()
+        return list(world.COLOR_NAMES) if labels and set(labels) <= set(world.COLOR_NAMES) else None
+
+    def judge(self, images, items, ps) -> list:
+        from ...toy import world
+
+        if not self.spaces.get(ps.name):
+            return [None] * len(items)
+        return [world.COLOR_NAMES[i] for i in world.color_oracle(np.asarray(images))]
+
+
+@register_judge("toy-color", "toy-color")
+def _toy_color(device="cpu", **_):
+    return PixelColorJudge(device)
+
+
+_toy_color.n_args = (0, 0)
 
 
 class ImageNetJudge(ClassifierJudge):

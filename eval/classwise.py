@@ -31,6 +31,8 @@ def main(argv=None):
                    "methods and every paper-exact preset)")
     p.add_argument("--name", default="classwise", help="result file stem in --out-dir (default: classwise)")
     p.add_argument("--per-prompt", type=int, default=20)
+    p.add_argument("--color-per-prompt", type=int, default=4, help="images per toy_colors prompt (colour accuracy of "
+                   "the kept shapes, pixel oracle)")
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "classwise"))
     p.add_argument("--seed", type=int, default=0)
@@ -57,6 +59,7 @@ def main(argv=None):
     results.setdefault("runs", {})
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
     results["per_prompt"] = a.per_prompt
+    results["color_per_prompt"] = a.color_per_prompt
     pipe = load_pipeline("toy")
     # class-major order: an interrupted run leaves every method measured on the same classes
     pairs = [(m, c) for c in classes for m in methods if f"{m}/{c}" not in results["runs"]]
@@ -69,19 +72,22 @@ def main(argv=None):
         how = {"preset": m} if m in PAPER_PRESETS else {"method": m}
         r = erase(c, pipe=pipe, out=delta, seed=a.seed, progress=False, log=lambda *x: None, **how)
         erase_s = time.time() - t0
-        rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms", "toy_colors"],
-                                  judges=["toy", "toy-color"], per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),
+        rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms"],
+                                  per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),
                        log=lambda *x: None)
+        colors = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_colors"], judges=["toy-color"],
+                                     per_prompt=a.color_per_prompt, out=str(work / "eval-colors"), fd="none", seed=a.seed),
+                          log=lambda *x: None)
         v = delta.stem
         cl, syn = rep["results"]["toy_classes"], rep["results"]["toy_synonyms"]
         base_cache[c] = {"UA": cl["base"]["UA"], "RA": cl["base"]["RA"], "UA_syn": syn["base"]["UA"],
-                         "color_kept": kept_color_accuracy(rep, "base", c),
+                         "color_kept": kept_color_accuracy(colors, "base", c),
                          "fd_real": cl["base"].get("fd_clip_retained_vs_real"), "clip_score": cl["base"].get("clip_score_retained")}
         results.setdefault("base", {})[c] = base_cache[c]
         results["runs"][f"{m}/{c}"] = {
             "method": m, "class": c, "UA": cl[v]["UA"], "RA": cl[v]["RA"], "UA_syn": syn[v]["UA"],
             "fd_real": cl[v].get("fd_clip_retained_vs_real"), "fd_base": cl[v].get("fd_clip_retained_vs_base"),
-            "clip_score": cl[v].get("clip_score_retained"), "color_kept": kept_color_accuracy(rep, v, c),
+            "clip_score": cl[v].get("clip_score_retained"), "color_kept": kept_color_accuracy(colors, v, c),
             "trainable_frac": r.stats["trainable_frac"],
             "delta_bytes": r.stats["delta_bytes"], "erase_seconds": erase_s, "per_label_accuracy": cl[v]["per_label_accuracy"],
         }

@@ -54,6 +54,7 @@ class EraseRun:
     n_anchor: int = 0
     retain_latents: torch.Tensor | None = None
     retain_cond: dict | None = None
+    retain_grads: dict | None = None
     schedule: object = None
     grads: dict | None = None
     params: list | None = None
@@ -142,7 +143,8 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     names = select_targets(unet, include, [] if cfg.targets else recipe.exclude)
     if not names:
         raise ConfigError(f"no UNet module matches the targets {include}: check --targets")
-    mcfg = MethodConfig(tau=cfg.tau, r_min=cfg.r_min, r_max=cfg.r_max, project=cfg.project, conv_mode=cfg.conv_mode)
+    mcfg = MethodConfig(tau=cfg.tau, r_min=cfg.r_min, r_max=cfg.r_max, project=cfg.project, conv_mode=cfg.conv_mode,
+                        retain_energy=cfg.retain_energy, retain_side=cfg.retain_side)
     m = get_method(cfg.method)(mcfg, **cfg.method_options)
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                        forget_n=cfg.forget_n, retain_weight=cfg.retain_weight, mixed_precision=cfg.mixed_precision,
@@ -199,7 +201,7 @@ def make_forget_set(run: EraseRun) -> None:
         extra = _own_latents(run, [plan.anchor_prompts[i % len(plan.anchor_prompts)] for i in range(run.n_anchor)], 13,
                              "anchor set")
         run.train_latents = torch.cat([run.latents, extra.to(run.latents)])
-    if tcfg.retain_weight > 0:
+    if tcfg.retain_weight > 0 or run.method.needs_retain_gradient:
         rset = retain_prompt_list(plan, run.recipe, run.cfg.retain_prompts)
         run.retain_latents = _own_latents(run, [rset[i % len(rset)] for i in range(n)], 7, "retain set")
         run.retain_cond = Conditioner(run.pipe, run.device).embed(rset)
@@ -227,6 +229,10 @@ def compute_forget_gradient(run: EraseRun) -> None:
     run.grads = forget_gradient(run.unet, run.latents, run.acp, run.cond["forget"], run.cond["uncond"],
                                 m.gradient_targets(run.unet, run.names), run.tcfg, run.device,
                                 run.accelerator.autocast, progress=run.progress) if m.needs_gradient else None
+    if m.needs_retain_gradient:  # the same loss on the retain set: the directions SEMU's subspace must avoid
+        run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
+                                           m.gradient_targets(run.unet, run.names), run.tcfg, run.device,
+                                           run.accelerator.autocast, progress=run.progress)
     run.stage["gradient"] = time.time() - t0
 
 
@@ -238,10 +244,10 @@ def setup_method(run: EraseRun) -> None:
         torch.cuda.synchronize()
     loss_fn = (forget_loss_fn(run.unet, run.latents, run.acp, run.cond["forget"], run.cond["uncond"], run.tcfg,
                               run.device) if run.method.needs_loss_fn else None)
-    run.params = run.method.setup(run.unet, run.names, run.grads, loss_fn=loss_fn)
+    run.params = run.method.setup(run.unet, run.names, run.grads, loss_fn=loss_fn, retain_grads=run.retain_grads)
     if run.device.startswith("cuda"):
         torch.cuda.synchronize()
-    run.grads = None
+    run.grads = run.retain_grads = None
     run.stage["setup"] = time.time() - t0
 
 

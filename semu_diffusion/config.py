@@ -25,7 +25,7 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
     # the official SEMU SD scripts: one SVD per conv input channel, r = 0 allowed (layer frozen), no projection,
     # remap target = the current model's prediction for another class (detached), every Linear/Conv2d targeted
     "semu-paper": {"method": "semu", "conv_mode": "per-channel", "r_min": 0, "r_max": None, "project": False,
-                   "remap_target": "current", "targets": r".*", "anchor_share": 0.0},
+                   "remap_target": "current", "targets": r".*", "anchor_share": 0.0, "retain_energy": 0.0},
     # the official ESD scripts: negative-guidance target only, no retain term (ESD has none)
     "esd-x-paper": {"method": "esd-x", "retain_weight": 0.0, "anchor_share": 0.0},
     "esd-u-paper": {"method": "esd-u", "retain_weight": 0.0, "anchor_share": 0.0},
@@ -77,6 +77,12 @@ class EraseConfig:
     conv_mode: str | None = opt(None, "conv SVD: one per layer (flat, LoRA-shaped) or one per input channel "
                                 "(per-channel, the reference code)", recipe="semu.conv_mode", final="flat",
                                 choices=["flat", "per-channel"])
+    retain_energy: float | None = opt(None, "SEMU: remove from the forget gradient, before the SVD, the retain "
+                                      "gradient's leading directions that hold this share of its energy (0 = off)",
+                                      recipe="semu.retain_energy", final=0.0, lo=0.0, hi=0.999)
+    retain_side: str | None = opt(None, "which side of the retain gradient --retain-energy removes: input (in), "
+                                  "output (out) or both", recipe="semu.retain_side", final="in",
+                                  choices=["in", "out", "both"])
     remap_target: str | None = opt(None, "remap target: the frozen base model's anchor prediction (base) or the "
                                    "current model's, detached (current, the official SEMU code)",
                                    recipe="train.remap_target", final="base", choices=["base", "current"])

@@ -227,7 +227,7 @@ def _joint_semu_class():
             super().__init__(config, **options)
             self.combine, self.rank_cap = combine, rank_cap
 
-        def setup(self, unet, targets, grads, loss_fn=None):
+        def setup(self, unet, targets, grads, loss_fn=None, retain_grads=None):
             c = self.config
             if grads is None:
                 raise ValueError("SEMU needs the forget gradients")

@@ -89,6 +89,28 @@ def gradient_subspaces(grads: dict[str, torch.Tensor], tau: float = 0.95, r_min:
     return out
 
 
+def retain_directions(G: torch.Tensor, energy: float, side: str = "in") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Leading singular directions of a (retain) gradient that hold ``energy`` of its sum(s^2): the output-side U
+    (``side`` "out" or "both") and the flattened input-side V ("in" or "both"); the other is None."""
+    if side not in ("in", "out", "both"):
+        raise ValueError("side must be in, out or both")
+    g = flatten_weight(G).float()
+    U, S, Vh = torch.linalg.svd(g, full_matrices=False)
+    e = S.double() ** 2
+    k = int((torch.cumsum(e, 0) / e.sum() < energy - 1e-12).sum().item()) + 1 if e.sum() > 0 else 0
+    return (U[:, :k] if side in ("out", "both") else None), (Vh[:k].T if side in ("in", "both") else None)
+
+
+def remove_directions(G: torch.Tensor, U: torch.Tensor | None = None, V: torch.Tensor | None = None) -> torch.Tensor:
+    """(I - U U^T) G (I - V V^T) on the flattened G (U, V orthonormal columns; None = that side untouched)."""
+    g = flatten_weight(G).float()
+    if U is not None:
+        g = g - U @ (U.T @ g)
+    if V is not None:
+        g = g - (g @ V) @ V.T
+    return g.reshape(G.shape).to(G.dtype)
+
+
 def _rank_from_energy(S: torch.Tensor, total: torch.Tensor, tau: float, r_min: int, r_max: int | None) -> int:
     """select_rank with an externally known total energy (the leading S may be a truncated spectrum)."""
     if total <= 0:

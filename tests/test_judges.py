@@ -13,7 +13,7 @@ from semu_diffusion.concepts import PROMPTS_DIR
 
 
 def test_registry_and_spec_syntax():
-    assert set(available_judges()) == {"toy", "clip", "imagenet", "nudenet"}
+    assert set(available_judges()) == {"toy", "toy-color", "clip", "imagenet", "nudenet"}
     assert parse_judge_spec("clip:ViT-B-32:openai") == ("clip", ["ViT-B-32", "openai"])
     assert parse_judge_spec("clip:hf-hub:org/model") == ("clip", ["hf-hub:org/model"])
     assert parse_judge_spec("imagenet:resnet50") == ("imagenet", ["resnet50"])
@@ -121,3 +121,26 @@ def test_missing_weights_one_line_error(spec, missing, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and missing in err and "cache" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_toy_color_judge_is_the_pixel_oracle_and_reports_per_prompt_accuracy():
+    from semu_diffusion.evaluation.prompts import Item
+    from semu_diffusion.toy import world
+
+    judge = build_judge("toy-color")
+    colors, shapes = load_prompt_set("toy_colors"), load_prompt_set("toy_classes")
+    judge.setup([colors, shapes])
+    assert judge.spaces["toy_colors"] == list(world.COLOR_NAMES) and judge.spaces["toy_classes"] is None
+    rng = np.random.default_rng(0)
+    # two prompts: red stars rendered red (right), blue squares rendered green for half of them (wrong)
+    spec = [("a photo of a red star", "red", 3, "red")] * 4 + [("a photo of a blue square", "blue", 1, "blue")] * 2 \
+        + [("a photo of a blue square", "blue", 1, "green")] * 2
+    images = np.stack([world.render(s, world.COLOR_NAMES.index(c), rng) for _, _, s, c in spec])
+    items = [Item(index=i, row=0, prompt=p, seed=i, guidance=5.0, height=32, width=32, label=lb)
+             for i, (p, lb, _, _) in enumerate(spec)]
+    recs = judge.judge(images, items, colors)
+    assert recs == [c for *_, c in spec]
+    out = judge.summarize(recs, items, colors)
+    assert out["accuracy"] == 0.75
+    assert out["per_prompt_accuracy"] == {"a photo of a red star": 1.0, "a photo of a blue square": 0.5}
+    assert judge.judge(images, items, shapes) == [None] * len(items)  # shape-labelled sets are not its business

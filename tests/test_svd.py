@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from semu_diffusion.svd import gradient_subspaces, per_channel_subspaces, project_orthogonal, select_rank
+from semu_diffusion.svd import flatten_weight, gradient_subspaces, per_channel_subspaces, project_orthogonal, select_rank
 
 
 def test_projection_is_orthogonal_and_uses_squared_norm():
@@ -93,3 +93,60 @@ def test_lowrank_solver_matches_full_svd():
         assert full[n].energy == pytest.approx(low[n].energy, rel=1e-4)
         P1, P2 = full[n].U @ full[n].U.T, low[n].U @ low[n].U.T
         assert torch.allclose(P1, P2, atol=1e-3)
+
+
+def test_retain_directions_hold_the_asked_energy_and_are_removed():
+    from semu_diffusion.svd import remove_directions, retain_directions
+
+    g = torch.Generator().manual_seed(0)
+    Q1, _ = torch.linalg.qr(torch.randn(20, 20, generator=g))
+    Q2, _ = torch.linalg.qr(torch.randn(30, 30, generator=g))
+    S = torch.tensor([10.0, 5.0, 1.0] + [0.01] * 17)
+    Gr = Q1 @ torch.diag(S) @ Q2[:, :20].T  # energy 100, 25, 1, ...
+    U, V = retain_directions(Gr, 0.95, "both")
+    assert U.shape == (20, 2) and V.shape == (30, 2)  # 100/126 < 0.95 <= 125/126
+    U1, V1 = retain_directions(Gr, 0.5, "in")
+    assert U1 is None and V1.shape == (30, 1)
+    Gf = torch.randn(20, 30, generator=g)
+    out = remove_directions(Gf, U, V)
+    assert (U.T @ out).abs().max() < 1e-5 and (out @ V).abs().max() < 1e-5
+    # nothing else changes: the part of Gf orthogonal to both subspaces is kept exactly
+    Pu, Pv = torch.eye(20) - U @ U.T, torch.eye(30) - V @ V.T
+    torch.testing.assert_close(out, Pu @ Gf @ Pv, atol=1e-5, rtol=0)
+    conv = torch.randn(4, 3, 3, 3, generator=g)
+    Uc, Vc = retain_directions(torch.randn(4, 3, 3, 3, generator=g), 0.9, "in")
+    assert remove_directions(conv, None, Vc).shape == conv.shape
+    assert (flatten_weight(remove_directions(conv, None, Vc)) @ Vc).abs().max() < 1e-5
+
+
+def test_semu_retain_aware_subspace_avoids_the_retain_directions():
+    """SEMU with retain_energy > 0: every trained input direction V_r is orthogonal to the retain gradient's leading
+    input directions, so the update leaves the retained inputs' outputs alone; without it they overlap."""
+    from semu_diffusion.methods.base import MethodConfig
+    from semu_diffusion.methods.semu import SEMU
+    from semu_diffusion.svd import retain_directions
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 12), torch.nn.Conv2d(4, 6, 3))
+    names = ["0", "1"]
+    shared = {"0": torch.randn(12, 1) @ torch.randn(1, 16), "1": torch.randn(6, 1) @ torch.randn(1, 36)}
+    forget = {n: (3 * shared[n] + 0.3 * torch.randn(shared[n].shape)).reshape(net.get_submodule(n).weight.shape)
+              for n in names}
+    retain = {n: (shared[n] + 0.01 * torch.randn(shared[n].shape)).reshape(net.get_submodule(n).weight.shape)
+              for n in names}
+
+    def overlap(energy):
+        m = SEMU(MethodConfig(tau=0.9, r_min=1, r_max=4, project=False, retain_energy=energy))
+        assert m.needs_retain_gradient == (energy > 0)
+        m.setup(net, names, forget, retain_grads=retain if energy else None)
+        worst = 0.0
+        for n, layer in m.layers.items():
+            _, Vr = retain_directions(retain[n], 0.9, "in")
+            worst = max(worst, float((layer.V.T @ Vr).abs().max()))
+        m.restore(net)
+        return worst
+
+    assert overlap(0.0) > 0.9  # the forget gradient's top direction is the shared one
+    assert overlap(0.9) < 1e-4
+    with pytest.raises(ValueError, match="retain"):
+        SEMU(MethodConfig(retain_energy=0.5)).setup(net, names, forget)

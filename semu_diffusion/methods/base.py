@@ -17,6 +17,8 @@ class MethodConfig:
     r_max: int | None = None
     project: bool = True
     conv_mode: str = "flat"  # "flat" | "per-channel"
+    retain_energy: float = 0.0  # SEMU: remove from the forget gradient the retain gradient's directions holding this
+    retain_side: str = "in"  # share of its energy, on the input side (in), output side (out) or both
 
     def __post_init__(self):
         if not 0 < self.tau <= 1:
@@ -28,6 +30,10 @@ class MethodConfig:
             raise ValueError("r_max must be >= r_min")
         if self.conv_mode not in ("flat", "per-channel"):
             raise ValueError("conv_mode must be 'flat' or 'per-channel'")
+        if not 0 <= self.retain_energy < 1:
+            raise ValueError(f"retain_energy must be in [0, 1), got {self.retain_energy}")
+        if self.retain_side not in ("in", "out", "both"):
+            raise ValueError("retain_side must be 'in', 'out' or 'both'")
 
 
 @dataclass
@@ -74,8 +80,13 @@ class Method:
 
     needs_loss_fn: bool = False  # setup() gets a closure returning a fresh forget loss (for Hessian estimates)
 
-    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None
-              ) -> list[nn.Parameter]:
+    @property
+    def needs_retain_gradient(self) -> bool:
+        """setup() gets the gradient of the same loss on the retain set (SEMU's retain-aware subspace)."""
+        return False
+
+    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None,
+              retain_grads: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
         """Prepare ``unet`` for training and return the trainable parameters."""
         raise NotImplementedError
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from .. import layers as L
-from ..svd import gradient_subspaces, per_channel_subspaces
+from ..svd import gradient_subspaces, per_channel_subspaces, project_orthogonal, remove_directions, retain_directions
 from . import register
 from .base import Delta, Method
 
@@ -14,12 +14,19 @@ from .base import Delta, Method
 class SEMU(Method):
     needs_gradient = True
 
-    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None
-              ) -> list[nn.Parameter]:
+    @property
+    def needs_retain_gradient(self) -> bool:
+        return self.config.retain_energy > 0
+
+    def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None,
+              retain_grads: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
         c = self.config
         if grads is None:
             raise ValueError("SEMU needs the forget gradient")
         weights = {n: unet.get_submodule(n).weight.detach() for n in targets} if c.project else None
+        if self.needs_retain_gradient:
+            grads = self.retain_aware(grads, targets, weights, retain_grads)
+            weights = None  # projected already
         dev = next(iter(grads.values())).device
         subs: dict = {}
         if c.conv_mode == "per-channel":
@@ -27,8 +34,6 @@ class SEMU(Method):
             for n in conv:
                 g = grads[n].float()
                 if weights is not None:
-                    from ..svd import project_orthogonal
-
                     g = project_orthogonal(g, weights[n].float())
                 subs[n] = per_channel_subspaces(g, c.tau, c.r_min, c.r_max)
             rest = {n: grads[n] for n in targets if n not in subs}
@@ -49,7 +54,28 @@ class SEMU(Method):
             "energy": {n: float(subs[n].energy) for n in self.layers if not isinstance(subs[n], list)},
             "trainable_params": int(sum(p.numel() for p in params)),
         }
+        if self.needs_retain_gradient:
+            k = self.retain_info["forget_energy_kept"]
+            self.info["retain_subspace"] = {"energy": c.retain_energy, "side": c.retain_side,
+                                            "forget_energy_kept_mean": float(sum(k.values()) / len(k))}
         return params
+
+    def retain_aware(self, grads, targets, weights, retain_grads) -> dict[str, torch.Tensor]:
+        """The forget gradient without the directions the retain set's gradient uses (so the update U_r R V_r^T
+        leaves retained inputs/outputs alone to first order), after the orthogonal projection to W if enabled."""
+        c = self.config
+        if not retain_grads:
+            raise ValueError("retain_energy > 0 needs the retain gradient (a retain set): pass retain prompts")
+        out, kept = {}, {}
+        for n in targets:
+            g = grads[n].float()
+            if weights is not None:
+                g = project_orthogonal(g, weights[n].float().to(g.device))
+            U, V = retain_directions(retain_grads[n].to(g.device), c.retain_energy, c.retain_side)
+            out[n] = remove_directions(g, U, V)
+            kept[n] = float(out[n].pow(2).sum() / g.pow(2).sum().clamp_min(1e-30))
+        self.retain_info = {"forget_energy_kept": kept}
+        return out
 
     @torch.no_grad()
     def export(self, unet: nn.Module) -> Delta:

@@ -25,10 +25,11 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
     # the official SEMU SD scripts: one SVD per conv input channel, r = 0 allowed (layer frozen), no projection,
     # remap target = the current model's prediction for another class (detached), every Linear/Conv2d targeted
     "semu-paper": {"method": "semu", "conv_mode": "per-channel", "r_min": 0, "r_max": None, "project": False,
-                   "remap_target": "current", "targets": r".*", "anchor_share": 0.0, "retain_energy": 0.0},
+                   "remap_target": "current", "targets": r".*", "anchor_share": 0.0, "retain_energy": 0.0,
+                   "stop_every": 0},
     # the official ESD scripts: negative-guidance target only, no retain term (ESD has none)
-    "esd-x-paper": {"method": "esd-x", "retain_weight": 0.0, "anchor_share": 0.0},
-    "esd-u-paper": {"method": "esd-u", "retain_weight": 0.0, "anchor_share": 0.0},
+    "esd-x-paper": {"method": "esd-x", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0},
+    "esd-u-paper": {"method": "esd-u", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0},
 }
 
 
@@ -86,6 +87,15 @@ class EraseConfig:
     remap_target: str | None = opt(None, "remap target: the frozen base model's anchor prediction (base) or the "
                                    "current model's, detached (current, the official SEMU code)",
                                    recipe="train.remap_target", final="base", choices=["base", "current"])
+    stop_every: int | None = opt(None, "every N steps, judge a few fixed-seed images of the forget prompts and stop "
+                                 "training once the concept is gone (0 = always train --steps)",
+                                 recipe="train.stop_every", final=0, lo=0, hi=MAX_STEPS)
+    stop_samples: int | None = opt(None, "images judged at each --stop-every check", recipe="train.stop_samples",
+                                   final=8, lo=1, hi=1024)
+    stop_detection: float | None = opt(None, "stop when at most this share of them shows the concept",
+                                       recipe="train.stop_detection", final=0.0, lo=0.0, hi=1.0)
+    stop_judge: str | None = opt(None, "judge for --stop-every (as semu-eval --judge; default: toy for the toy "
+                                 "model, nudenet for nudity, else clip:ViT-B-32:openai)", recipe="train.stop_judge")
     forget_prompts: str | None = opt(None, "file of forget prompts (one per line) instead of templates")
     forget_images: str | None = opt(None, "folder of images of the concept (VAE-encoded) instead of generated latents")
     retain_prompts: Any = opt(None, "file of prompts whose outputs must not change")

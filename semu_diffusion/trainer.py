@@ -277,8 +277,11 @@ def curriculum_order(losses: torch.Tensor) -> torch.Tensor:
 
 
 def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConfig, accelerator, device,
-          retain_latents=None, retain_cond=None, acp=None, progress=True, anchor_cond=None) -> dict:
-    """Adam on ``params`` with the remap (or ESD) loss on the precomputed schedule. Raises on nan/inf."""
+          retain_latents=None, retain_cond=None, acp=None, progress=True, anchor_cond=None,
+          monitor: Callable[[int], bool] | None = None, monitor_every: int = 0) -> dict:
+    """Adam on ``params`` with the remap (or ESD) loss on the precomputed schedule. Raises on nan/inf.
+
+    ``monitor(step)`` (every ``monitor_every`` steps) returns True to stop early, e.g. once the concept is gone."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
     opt = accelerator.prepare(opt)
     n_micro = schedule.idx.shape[0]
@@ -334,8 +337,11 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
                 raise TrainingDiverged(f"trainable weights became nan/inf at step {step}: lower --lr; no delta was written")
         losses.append(tot)
         bar.set_postfix(loss=f"{tot:.4f}")
-    return {"losses": losses, "train_seconds": time.time() - t0, "step_seconds": (time.time() - t0) / cfg.steps,
-            "cufg_conflicts": conflicts if cfg.cufg else None}
+        if monitor is not None and monitor_every and (step + 1) % monitor_every == 0 and step + 1 < cfg.steps:
+            if monitor(step + 1):
+                break
+    return {"losses": losses, "train_seconds": time.time() - t0, "step_seconds": (time.time() - t0) / len(losses),
+            "steps_run": len(losses), "cufg_conflicts": conflicts if cfg.cufg else None}
 
 
 def cufg_correct(gf: list[torch.Tensor], gr: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:

@@ -119,3 +119,15 @@ def test_cli_json_on_random_folder(random_pipeline_dir, tmp_path, capsys):
         assert k in s
     assert s["out"] == str(out) and out.exists()
     assert "trainable" in lines[-2]
+
+
+def test_stop_every_ends_training_once_the_judge_finds_the_concept_gone(random_pipe, tmp_path):
+    """--stop-every: the judge is asked every k steps and training stops at the first check that passes."""
+    kw = dict(FAST, steps=12, stop_judge="toy", stop_samples=2, log=lambda *a: None)
+    stopped = erase("star", pipe=random_pipe, out=tmp_path / "s.safetensors", stop_every=4, stop_detection=1.0, **kw)
+    assert stopped.stats["steps_run"] == 4 and [s for s, _ in stopped.stats["stop_history"]] == [4]
+    assert stopped.provenance["steps_run"] == 4 and stopped.provenance["stop_every"] == 4
+    full = erase("star", pipe=random_pipe, **kw)
+    assert full.stats["steps_run"] == 12 and full.stats["stop_history"] is None
+    n = next(iter(full.delta.lora))
+    assert not torch.equal(stopped.delta.lora[n][0], full.delta.lora[n][0])

@@ -81,8 +81,10 @@ def encode_images(pipe, folder: str | Path, resolution: int, device: str) -> tor
 
 
 def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
-    """Prompts whose base predictions the retain term preserves: a file or list, else the recipe's
-    retain_concepts (other than the erased one) in the concept templates, else the anchor prompts."""
+    """Prompts whose base predictions the retain term preserves (and whose gradient SEMU's retain-aware subspace
+    avoids): a file or list, else the recipe's retain_concepts other than the erased one(s) in the recipe's
+    retain_templates, else the anchor prompts. ``plan``: one ConceptPlan or a list (joint erasure)."""
+    plans = list(plan) if isinstance(plan, (list, tuple)) else [plan]
     if isinstance(retain_prompts, (list, tuple)):
         out = [p for p in retain_prompts if p.strip()]
     elif retain_prompts:
@@ -93,9 +95,12 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     else:
         from .concepts import OBJECT_TEMPLATES, _fix_article
 
-        others = [c for c in recipe.train.get("retain_concepts", []) if c.lower() != plan.concept.lower()]
-        out = [_fix_article(t.format(c)) for c in others for t in OBJECT_TEMPLATES[:2]] if plan.kind == "object" else []
-        out = out or list(plan.anchor_prompts)
+        erased = {" ".join(p.concept.split()).lower() for p in plans}
+        others = [c for c in recipe.train.get("retain_concepts", []) if " ".join(c.split()).lower() not in erased]
+        templates = recipe.train.get("retain_templates", OBJECT_TEMPLATES[:2])
+        out = ([_fix_article(t.format(c)) for c in others for t in templates]
+               if all(p.kind == "object" for p in plans) else [])
+        out = out or list(dict.fromkeys(a for p in plans for a in p.anchor_prompts))
     if not out:
         raise ValueError("the retain prompt set is empty: pass retain prompts or set --retain-weight 0")
     return out

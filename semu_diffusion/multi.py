@@ -235,14 +235,18 @@ def _joint_semu_class():
                 summed = {n: sum(g / g.norm().clamp_min(1e-30) for g in grads[n]) for n in targets}
                 cfg = replace(c, r_max=self.rank_cap)
                 base = SEMU(cfg)
-                params = base.setup(unet, targets, summed)
+                params = base.setup(unet, targets, summed, retain_grads=retain_grads)
                 self.layers, self.info = base.layers, base.info
                 self.info["combine"] = "sum (per-channel conv mode)"
                 return params
             subs = {}
             for n in targets:
                 w = unet.get_submodule(n).weight.detach() if c.project else None
-                subs[n] = joint_subspace(grads[n], self.combine, c.tau, c.r_min, self.rank_cap, c.r_max, w)
+                gs = grads[n]
+                if self.needs_retain_gradient:  # each concept's gradient without the retain set's directions
+                    gs = [self.retain_clean(n, g, w, retain_grads) for g in gs]
+                    w = None  # projected already
+                subs[n] = joint_subspace(gs, self.combine, c.tau, c.r_min, self.rank_cap, c.r_max, w)
             frozen = [n for n in targets if subs[n].rank == 0]
             self.layers = L.inject(unet, {n: subs[n] for n in targets if n not in frozen})
             if not self.layers:
@@ -252,6 +256,7 @@ def _joint_semu_class():
                          "ranks": {n: int(layer.rank) for n, layer in self.layers.items()},
                          "energy": {n: float(subs[n].energy) for n in self.layers},
                          "trainable_params": int(sum(p.numel() for p in params))}
+            self.add_retain_info()
             return params
 
     return JointSEMU
@@ -367,16 +372,8 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     run.cond["forget"] = _embed_rows(cm, af_prompts)  # one row per training latent: its own concept's prompt
     run.cond["anchor"] = _embed_rows(cm, aa_prompts)
     rset = None
-    if tcfg.retain_weight > 0:
-        if cfg.retain_prompts:
-            rset = api.retain_prompt_list(plans[0], recipe, cfg.retain_prompts)
-        else:
-            from .concepts import OBJECT_TEMPLATES, _fix_article
-
-            kept = [c for c in recipe.train.get("retain_concepts", []) if _norm(c) not in erased]
-            rset = ([_fix_article(t.format(c)) for c in kept for t in OBJECT_TEMPLATES[:2]]
-                    if all(p.kind == "object" for p in plans) else [])
-            rset = rset or list(dict.fromkeys(a for p in plans for a in p.anchor_prompts))
+    if tcfg.retain_weight > 0 or run.method.needs_retain_gradient:
+        rset = api.retain_prompt_list(plans, recipe, cfg.retain_prompts)
         run.retain_latents = api._own_latents(run, [rset[i % len(rset)] for i in range(m)], 7, "retain set")
         run.retain_cond = cm.embed(rset)
     run.stage["forget_set"] = time.time() - t0
@@ -398,6 +395,9 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
         else:  # concept-balanced joint gradient
             run.grads = {n: sum(g[n] / g[n].norm().clamp_min(1e-30) for g in per) for n in targets}
         del per
+        if meth.needs_retain_gradient:
+            run.retain_grads = forget_gradient(unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
+                                               targets, tcfg, run.device, run.accelerator.autocast, progress=progress)
     else:
         run.grads = None
     run.stage["gradient"] = time.time() - t0

@@ -54,27 +54,36 @@ class SEMU(Method):
             "energy": {n: float(subs[n].energy) for n in self.layers if not isinstance(subs[n], list)},
             "trainable_params": int(sum(p.numel() for p in params)),
         }
-        if self.needs_retain_gradient:
-            k = self.retain_info["forget_energy_kept"]
-            self.info["retain_subspace"] = {"energy": c.retain_energy, "side": c.retain_side,
-                                            "forget_energy_kept_mean": float(sum(k.values()) / len(k))}
+        self.add_retain_info()
         return params
 
     def retain_aware(self, grads, targets, weights, retain_grads) -> dict[str, torch.Tensor]:
         """The forget gradient without the directions the retain set's gradient uses (so the update U_r R V_r^T
         leaves retained inputs/outputs alone to first order), after the orthogonal projection to W if enabled."""
+        self.retain_info = {"forget_energy_kept": {}}
+        return {n: self.retain_clean(n, grads[n], None if weights is None else weights[n], retain_grads)
+                for n in targets}
+
+    def add_retain_info(self) -> None:
+        """Record the retain-aware subspace (share of the forget gradient's energy it kept) in ``info``."""
+        if self.needs_retain_gradient:
+            c, k = self.config, self.retain_info["forget_energy_kept"]
+            self.info["retain_subspace"] = {"energy": c.retain_energy, "side": c.retain_side,
+                                            "forget_energy_kept_mean": float(sum(k.values()) / max(1, len(k)))}
+
+    def retain_clean(self, name: str, g: torch.Tensor, w: torch.Tensor | None, retain_grads) -> torch.Tensor:
+        """One layer's gradient: projected orthogonally to ``w`` (if given), then the retain directions removed."""
         c = self.config
         if not retain_grads:
             raise ValueError("retain_energy > 0 needs the retain gradient (a retain set): pass retain prompts")
-        out, kept = {}, {}
-        for n in targets:
-            g = grads[n].float()
-            if weights is not None:
-                g = project_orthogonal(g, weights[n].float().to(g.device))
-            U, V = retain_directions(retain_grads[n].to(g.device), c.retain_energy, c.retain_side)
-            out[n] = remove_directions(g, U, V)
-            kept[n] = float(out[n].pow(2).sum() / g.pow(2).sum().clamp_min(1e-30))
-        self.retain_info = {"forget_energy_kept": kept}
+        g = g.float()
+        if w is not None:
+            g = project_orthogonal(g, w.float().to(g.device))
+        U, V = retain_directions(retain_grads[name].to(g.device), c.retain_energy, c.retain_side)
+        out = remove_directions(g, U, V)
+        kept = getattr(self, "retain_info", None) or {"forget_energy_kept": {}}
+        kept["forget_energy_kept"][name] = float(out.pow(2).sum() / g.pow(2).sum().clamp_min(1e-30))
+        self.retain_info = kept
         return out
 
     @torch.no_grad()

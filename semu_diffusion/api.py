@@ -208,7 +208,8 @@ def make_forget_set(run: EraseRun) -> None:
         run.train_latents = torch.cat([run.latents, extra.to(run.latents)])
     if tcfg.retain_weight > 0 or run.method.needs_retain_gradient:
         rset = retain_prompt_list(plan, run.recipe, run.cfg.retain_prompts)
-        run.retain_latents = _own_latents(run, [rset[i % len(rset)] for i in range(n)], 7, "retain set")
+        run.retain_latents = _own_latents(run, [rset[i % len(rset)] for i in range(run.cfg.retain_n or n)], 7,
+                                          "retain set")
         run.retain_cond = Conditioner(run.pipe, run.device).embed(rset)
     run.stage["forget_set"] = time.time() - t0
 

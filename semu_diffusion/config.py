@@ -65,6 +65,8 @@ class EraseConfig:
     grad_accum: int = opt(1, "gradient accumulation micro-steps per step", lo=1, hi=1024)
     forget_n: int | None = opt(None, "number of generated forget latents", recipe="train.forget_n", final=16, lo=1,
                                hi=MAX_FORGET_N)
+    retain_n: int | None = opt(None, "number of generated retain latents (default: --forget-n)", recipe="train.retain_n",
+                               lo=1, hi=MAX_FORGET_N)
     retain_weight: float | None = opt(None, "weight of the retain term (0 disables it)", recipe="train.retain_weight",
                                       final=0.0, lo=0.0, hi=1e6)
     anchor_share: float | None = opt(None, "extra anchor-image latents under the forget prompts, as a share of "

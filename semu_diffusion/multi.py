@@ -374,7 +374,8 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     rset = None
     if tcfg.retain_weight > 0 or run.method.needs_retain_gradient:
         rset = api.retain_prompt_list(plans, recipe, cfg.retain_prompts)
-        run.retain_latents = api._own_latents(run, [rset[i % len(rset)] for i in range(m)], 7, "retain set")
+        run.retain_latents = api._own_latents(run, [rset[i % len(rset)] for i in range(cfg.retain_n or m)], 7,
+                                              "retain set")
         run.retain_cond = cm.embed(rset)
     run.stage["forget_set"] = time.time() - t0
     # ---- stage 2: base targets (shared schedule over the joint set)

@@ -5,6 +5,11 @@ other classes lose, the semu-eval way (toy_classes + toy_colors, toy judge + pix
 
 A variant is ``name:key=value;key=value`` with keys of EraseConfig (values parsed as Python literals). Results go to
 eval/results/precision-runs.json (resumable: finished (variant, class) pairs are skipped); a table is printed.
+
+    python eval/precision.py --classes crescent --ablate default
+
+Layer ablation: the variant's delta of each class is evaluated with one group of layers removed at a time
+(cross-attention, resnet convs, attention projections), to see which layers carry the erasure and the drift.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ def main(argv=None):
     p.add_argument("--per-prompt", type=int, default=10)
     p.add_argument("--results", default=str(ROOT / "eval" / "results" / "precision-runs.json"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "precision"))
+    p.add_argument("--ablate", default=None, help="variant whose deltas to ablate by layer group")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from classwise import kept_color_accuracy
@@ -54,6 +60,8 @@ def main(argv=None):
     (work / "deltas").mkdir(parents=True, exist_ok=True)
     results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}, "base": {}}
     pipe = load_pipeline("toy")
+    if a.ablate:
+        return ablate(a, pipe, results, res_path, work)
     variants = [parse_variant(v) for v in a.variants]
     for c in a.classes.split(","):
         for name, opts in variants:
@@ -85,6 +93,45 @@ def main(argv=None):
     print(table(results))
 
 
+GROUPS = {"cross-attention": r"attn2\.", "resnet convs": r"resnets\.", "attention proj_in/out": r"attentions\.\d+\.proj_"}
+
+
+def ablate(a, pipe, results, res_path, work) -> None:
+    """Each class's delta of variant ``a.ablate`` with one layer group dropped (or kept alone)."""
+    import re
+
+    from semu_diffusion.delta import fingerprint, read_delta, save_delta
+    from semu_diffusion.evaluation import EvalConfig, run_eval
+    from semu_diffusion.methods.base import Delta
+
+    for c in a.classes.split(","):
+        src = work / "deltas" / f"{a.ablate}-{c}.safetensors"
+        d, prov = read_delta(src)
+        for g, rx in GROUPS.items():
+            for mode in ("without", "only"):
+                key = f"{a.ablate} {mode} {g}/{c}"
+                if key in results["runs"]:
+                    continue
+                keep = [n for n in d.lora if bool(re.search(rx, n)) == (mode == "only")]
+                sub = Delta(format="lora", lora={n: d.lora[n] for n in keep}, ranks={n: d.ranks[n] for n in keep})
+                out = work / "deltas" / f"ablate-{a.ablate}-{mode}-{g.split()[0]}-{c}.safetensors"
+                save_delta(out, sub, dict(prov, base_fingerprint=fingerprint(pipe.unet, sub.modules()), ranks=sub.ranks))
+                rep = run_eval(EvalConfig(model="toy", deltas=[str(out)], prompt_sets=["toy_classes"],
+                                          per_prompt=a.per_prompt, out=str(work / "eval-ablate"), forget_label=c),
+                               log=lambda *x: None)
+                cl = rep["results"]["toy_classes"]
+                r = cl[out.stem]
+                results["runs"][key] = {"variant": f"{a.ablate} {mode} {g}", "class": c, "UA": r["UA"], "RA": r["RA"],
+                                        "fd_base": r.get("fd_clip_retained_vs_base"), "color_kept": None,
+                                        "per_label": r["per_label_accuracy"], "layers": len(keep)}
+                results["base"].setdefault(c, {"RA": cl["base"]["RA"], "per_label": cl["base"]["per_label_accuracy"]})
+                tmp = res_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(results, indent=2))
+                os.replace(tmp, res_path)
+                print(f"{key:50s} layers {len(keep):3d} UA {r['UA']:.2f} RA {r['RA']:.3f} "
+                      f"FDb {r.get('fd_clip_retained_vs_base', float('nan')):.2f}", flush=True)
+
+
 def table(results: dict) -> str:
     import numpy as np
 
@@ -93,10 +140,10 @@ def table(results: dict) -> str:
     for n in names:
         rs = [r for r in results["runs"].values() if r["variant"] == n]
         drop = [results["base"][r["class"]]["RA"] - r["RA"] for r in rs]
-        cd = [results["base"][r["class"]]["color_kept"] - r["color_kept"] for r in rs]
+        cd = [results["base"][r["class"]]["color_kept"] - r["color_kept"] for r in rs if r.get("color_kept") is not None]
         lines.append(f"| {n} | {','.join(r['class'] for r in rs)} | {np.mean([r['UA'] for r in rs]):.3f} | "
-                     f"{np.mean(drop):.3f} ({max(drop):.3f}) | {np.mean(cd):.3f} | {np.mean([r['fd_base'] for r in rs]):.2f} | "
-                     f"{np.mean([r['erase_seconds'] for r in rs]):.0f} |")
+                     f"{np.mean(drop):.3f} ({max(drop):.3f}) | {np.mean(cd) if cd else float('nan'):.3f} | "
+                     f"{np.mean([r['fd_base'] for r in rs]):.2f} | {np.mean([r.get('erase_seconds', 0) for r in rs]):.0f} |")
     return "\n".join(lines)
 
 

@@ -89,16 +89,27 @@ def gradient_subspaces(grads: dict[str, torch.Tensor], tau: float = 0.95, r_min:
     return out
 
 
-def retain_directions(G: torch.Tensor, energy: float, side: str = "in") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def retain_directions(G: torch.Tensor, energy: float, side: str = "in", max_full: int = 1024
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Leading singular directions of a (retain) gradient that hold ``energy`` of its sum(s^2): the output-side U
-    (``side`` "out" or "both") and the flattened input-side V ("in" or "both"); the other is None."""
+    (``side`` "out" or "both") and the flattened input-side V ("in" or "both"); the other is None. Matrices with
+    both sides above ``max_full`` use a randomized SVD of the top max_full/2 directions."""
     if side not in ("in", "out", "both"):
         raise ValueError("side must be in, out or both")
     g = flatten_weight(G).float()
-    U, S, Vh = torch.linalg.svd(g, full_matrices=False)
-    e = S.double() ** 2
-    k = int((torch.cumsum(e, 0) / e.sum() < energy - 1e-12).sum().item()) + 1 if e.sum() > 0 else 0
-    return (U[:, :k] if side in ("out", "both") else None), (Vh[:k].T if side in ("in", "both") else None)
+    total = g.double().pow(2).sum()
+    if min(g.shape) > max_full:  # SD-scale layers: randomized top-q SVD (the total energy stays exact)
+        with torch.random.fork_rng(devices=[g.device] if g.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            U, S, V = torch.svd_lowrank(g, q=max_full // 2, niter=4)
+    else:
+        U, S, Vh = torch.linalg.svd(g, full_matrices=False)
+        V = Vh.T
+    if total <= 0:
+        k = 0
+    else:  # the fewest leading directions holding >= energy of the total (all computed ones at most)
+        k = min(len(S), int((torch.cumsum(S.double() ** 2, 0) / total < energy - 1e-12).sum().item()) + 1)
+    return (U[:, :k] if side in ("out", "both") else None), (V[:, :k] if side in ("in", "both") else None)
 
 
 def remove_directions(G: torch.Tensor, U: torch.Tensor | None = None, V: torch.Tensor | None = None) -> torch.Tensor:

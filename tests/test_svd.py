@@ -150,3 +150,14 @@ def test_semu_retain_aware_subspace_avoids_the_retain_directions():
     assert overlap(0.9) < 1e-4
     with pytest.raises(ValueError, match="retain"):
         SEMU(MethodConfig(retain_energy=0.5)).setup(net, names, forget)
+
+
+def test_retain_directions_randomized_path_matches_the_exact_one():
+    from semu_diffusion.svd import retain_directions
+
+    g = torch.Generator().manual_seed(1)
+    Gr = torch.randn(300, 5, generator=g) @ torch.randn(5, 400, generator=g) + 1e-3 * torch.randn(300, 400, generator=g)
+    _, V_exact = retain_directions(Gr, 0.9)
+    _, V_fast = retain_directions(Gr, 0.9, max_full=64)
+    assert V_exact.shape == V_fast.shape
+    torch.testing.assert_close(V_fast @ V_fast.T, V_exact @ V_exact.T, atol=1e-3, rtol=0)  # same subspace

@@ -27,9 +27,12 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
     "semu-paper": {"method": "semu", "conv_mode": "per-channel", "r_min": 0, "r_max": None, "project": False,
                    "remap_target": "current", "targets": r".*", "anchor_share": 0.0, "retain_energy": 0.0,
                    "stop_every": 0},
-    # the official ESD scripts: negative-guidance target only, no retain term (ESD has none)
-    "esd-x-paper": {"method": "esd-x", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0},
-    "esd-u-paper": {"method": "esd-u", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0},
+    # the official ESD scripts: negative-guidance target only, no retain term (ESD has none), weights and biases
+    # trained (method_options are merged key by key: the user's own keys win)
+    "esd-x-paper": {"method": "esd-x", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0,
+                    "method_options": {"train_bias": True}},
+    "esd-u-paper": {"method": "esd-u", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0,
+                    "method_options": {"train_bias": True}},
 }
 
 
@@ -351,7 +354,7 @@ def resolve(c: EraseConfig, recipe) -> EraseConfig:
             upd[f.name] = f.metadata.get("final")
     opts = {k: v for k, v in mdef.items() if k not in {f.metadata["recipe"].split(".")[1] for f in fields(c)
                                                          if f.metadata.get("recipe")}}
-    upd["method_options"] = {**opts, **(c.method_options or {})}
+    upd["method_options"] = {**opts, **preset.get("method_options", {}), **(c.method_options or {})}
     r = replace(c, **upd)
     if r.kohya is not None and (r.method != "semu" or r.conv_mode != "flat"):
         raise ConfigError("--kohya needs a LoRA-shaped delta (--method semu with --conv-mode flat); "

@@ -4,7 +4,8 @@ Keys ``unet.<module>.lora_A.weight`` / ``unet.<module>.lora_B.weight`` (fp32), t
 header (peft LoraConfig with rank_pattern / alpha_pattern, alpha = rank so the scale is 1), and
 ``semu_provenance`` (JSON): format version, method, concept(s), anchor, base model id and fingerprint, tau,
 ranks, steps, seed, toolkit version. Dense updates (per-channel SEMU, masked methods) are stored as
-``unet.<module>.delta_weight`` and load only with :func:`load_delta`.
+``unet.<module>.delta_weight`` (and bias updates, e.g. of ``esd-*-paper``, as the 1-D ``unet.<module>.delta_bias``)
+and load only with :func:`load_delta`.
 """
 from __future__ import annotations
 
@@ -53,6 +54,15 @@ def base_weight(unet: nn.Module, name: str) -> torch.Tensor:
     m = getattr(m, "base", m)
     m = getattr(m, "base_layer", m)
     return m.weight
+
+
+def base_bias(unet: nn.Module, name: str) -> torch.Tensor | None:
+    """The base bias of a module (None when it has none), also when it is wrapped as in :func:`base_weight`."""
+    m = unet.get_submodule(name)
+    m = getattr(m, "base", m)
+    m = getattr(m, "base_layer", m)
+    b = getattr(m, "bias", None)
+    return b if isinstance(b, torch.Tensor) else None
 
 
 def _positions(numel: int, k: int) -> torch.Tensor:
@@ -286,6 +296,11 @@ def save_delta(path: str | Path, delta: Delta, provenance: dict, keep_local_path
         tensors[f"{PREFIX}{n}.lora_B.weight"] = B.float().cpu()
     for n, dw in delta.dense.items():
         tensors[f"{PREFIX}{n}.delta_weight"] = dw.float().cpu()
+    if delta.dense_bias and delta.format == "lora":
+        raise DeltaError("a LoRA delta cannot carry bias updates (stock diffusers must load it): store it as a "
+                         "dense or mixed delta")
+    for n, db in delta.dense_bias.items():
+        tensors[f"{PREFIX}{n}.delta_bias"] = db.float().cpu().reshape(-1)
     prov = public_provenance(dict(provenance), keep_local_paths)
     sig = getattr(provenance.get("base_fingerprint"), "signature", None)
     if sig is not None and "base_signature" not in prov:
@@ -345,9 +360,9 @@ def loaded_adapters(pipe) -> set[str]:
 
 def apply_delta(pipe, delta: Delta, path: str | Path, strength: float, name: str) -> None:
     """Apply an already validated delta (read from ``path``): its LoRA part as diffusers adapter ``name`` scaled by
-    ``strength``, its dense part added to the weights."""
+    ``strength``, its dense part (weights and biases) added to the module parameters."""
     if delta.lora:
-        if delta.dense:  # diffusers refuses files with non-LoRA keys: hand it the LoRA part, with its metadata header
+        if delta.dense or delta.dense_bias:  # diffusers refuses files with non-LoRA keys: hand it the LoRA part, with its metadata header
             from safetensors.torch import save_file
 
             with tempfile.TemporaryDirectory(prefix="semu-lora-") as td:
@@ -358,20 +373,32 @@ def apply_delta(pipe, delta: Delta, path: str | Path, strength: float, name: str
         else:  # folder + weight_name: the form every diffusers >= 0.35 accepts offline
             pipe.load_lora_weights(str(Path(path).parent), weight_name=Path(path).name, adapter_name=name)
         pipe.set_adapters([name], adapter_weights=[float(strength)])
-    if delta.dense:
+    if delta.dense or delta.dense_bias:
         apply_dense(pipe.unet, delta, strength)
 
 
 @torch.no_grad()
 def apply_dense(unet: nn.Module, delta: Delta, strength: float = 1.0, sign: float = 1.0) -> None:
+    """Add ``sign * strength`` times the dense part of ``delta`` (weight updates and bias updates) to ``unet``."""
+    biases = {n: base_bias(unet, n) for n in delta.dense_bias}
+    for n, b in biases.items():  # before anything changes
+        if b is None or b.numel() != delta.dense_bias[n].numel():
+            raise DeltaError(f"module {n} has {'no bias' if b is None else 'another bias shape'} for the delta's "
+                             f"unet.{n}.delta_bias: validate the delta against this model first "
+                             "(semu_diffusion.validate.validate_delta)")
     for n, dw in delta.dense.items():
         w = base_weight(unet, n)
         w.copy_((w.float() + sign * strength * dw.to(w.device).reshape(w.shape)).to(w.dtype))
+    for n, b in biases.items():
+        db = delta.dense_bias[n]
+        b.copy_((b.float() + sign * strength * db.to(b.device).reshape(b.shape)).to(b.dtype))
 
 
 def remove_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: str | None = None) -> None:
+    """Undo :func:`load_delta` with the same ``strength``: the dense part (weights and biases) is subtracted, the
+    LoRA adapter deleted."""
     delta, _ = read_delta(path)
-    if delta.dense:
+    if delta.dense or delta.dense_bias:
         apply_dense(pipe.unet, delta, strength, sign=-1.0)
     if delta.lora:
         pipe.delete_adapters([adapter_name or f"semu_{Path(path).stem}"])
@@ -386,7 +413,7 @@ def to_kohya(path: str | Path, out: str | Path, allow_unverified: bool = False) 
     from .validate import validate_delta as _validate
 
     delta, prov = _validate(path, None, allow_unverified=allow_unverified)
-    if delta.dense:
+    if delta.dense or delta.dense_bias:
         raise DeltaError(f"{path} holds dense updates, which kohya LoRA files cannot express: export a flat SEMU delta")
     if not delta.lora:
         raise DeltaError(f"{path} holds no LoRA factors to export")

@@ -4,7 +4,8 @@
 Folding is exact for LoRA factors: the merged update of a module is sum_i w_i B_i A_i = [w_1 B_1 | ... | w_k B_k]
 [A_1; ...; A_k], a LoRA of rank sum_i r_i (when that exceeds the module's full rank, the sum is refactored by an
 exact SVD at full rank). Dense updates are summed; a module that is LoRA in one file and dense in another becomes
-dense. Every source file is validated first; nothing is written or changed when one fails.
+dense. Bias updates (``.delta_bias``, e.g. of ``esd-*-paper``) are summed too; a merge that holds any is written as
+a dense or mixed delta (the LoRA part stays LoRA). Every source file is validated first; nothing is written or changed when one fails.
 """
 from __future__ import annotations
 
@@ -113,10 +114,17 @@ def merge_delta_objects(deltas: list[Delta], weights: list[float], max_rank: int
     """Fold ``deltas`` (weighted) into one Delta -> (delta, info). Exact unless ``max_rank`` truncates a module
     (info["max_rel_error"] then gives the largest relative Frobenius error)."""
     out = Delta(format="lora")
-    mods = sorted(set().union(*[d.modules() for d in deltas]))
+    mods = sorted(set().union(*[set(d.lora) | set(d.dense) for d in deltas]))
     worst, refactored = 0.0, []
+    for n in sorted(set().union(*[set(d.dense_bias) for d in deltas])):
+        shapes = {tuple(d.dense_bias[n].shape) for d in deltas if n in d.dense_bias}
+        if len(shapes) > 1:
+            raise DeltaError(f"the bias updates of {n} have different shapes {sorted(shapes)} in the deltas: merge only "
+                             "deltas of one base model")
+        out.dense_bias[n] = sum(w * d.dense_bias[n].float() for d, w in zip(deltas, weights)
+                                if n in d.dense_bias).contiguous()
     for n in mods:
-        parts = [(d, w) for d, w in zip(deltas, weights) if n in d.modules()]
+        parts = [(d, w) for d, w in zip(deltas, weights) if n in d.lora or n in d.dense]
         if all(n in d.lora for d, _ in parts):
             Bs = [w * d.lora[n][0].float() for d, w in parts]
             As = [d.lora[n][1].float() for d, _ in parts]
@@ -149,7 +157,7 @@ def merge_delta_objects(deltas: list[Delta], weights: list[float], max_rank: int
                     shape = shape or (B.shape[0], *A.shape[1:])
                 acc = w * dw.reshape(-1) if acc is None else acc + w * dw.reshape(-1)
             out.dense[n] = acc.reshape(shape).contiguous()
-    if out.dense:
+    if out.dense or out.dense_bias:
         out.format = "mixed" if out.lora else "dense"
     return out, {"refactored": refactored, "max_rel_error": worst, "exact": worst <= 1e-6}
 
@@ -220,7 +228,7 @@ def unload_deltas(pipe, paths, weights=None, adapter_names=None) -> None:
     names = list(adapter_names) if adapter_names is not None else [f"semu_{Path(p).stem}" for p in paths]
     for p, w, n in zip(paths, weights, names):
         d, _ = read_delta(p)
-        if d.dense:
+        if d.dense or d.dense_bias:
             apply_dense(pipe.unet, d, w, sign=-1.0)
         if d.lora:
             pipe.delete_adapters([n])

@@ -8,9 +8,11 @@ with a one-line message naming the problem and the fix at the first failure:
 2. the headers: ``semu_provenance`` is a JSON object whose every known field has its type (format version, ranks,
    base signature, ...); ``lora_adapter_metadata`` gives every LoRA module rank r and alpha r (scale 1);
 3. the tensors: float dtype, every value finite and below an absolute bound, keys ``unet.<module>.lora_A/B.weight``
-   or ``.delta_weight``, LoRA factors shaped A (r, in[, kh, kw]) and B (out, r[, 1, 1]) with matching r;
-4. with a pipeline (or UNet): every module exists, shapes match the module, the update is not absurdly large
-   against the base weight, and the base fingerprint matches (required unless ``allow_unverified``).
+   or ``.delta_weight`` (optionally ``.delta_bias``, 1-D, not in a LoRA-only delta), LoRA factors shaped
+   A (r, in[, kh, kw]) and B (out, r[, 1, 1]) with matching r;
+4. with a pipeline (or UNet): every module exists, shapes match the module (a bias update needs a module with a
+   bias of that shape), the update is not absurdly large against the base weight (bias), and the base fingerprint
+   matches (required unless ``allow_unverified``).
 
 Nothing is modified: loaders apply a delta only after it passed.
 """
@@ -28,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from .delta import (FORMAT_VERSION, LORA_METADATA_KEY, PREFIX, PROVENANCE_KEY, SIGNATURE_VERSION, DeltaError,
-                    base_weight, check_base)
+                    base_bias, base_weight, check_base)
 from .methods.base import Delta
 
 MAX_HEADER_BYTES = 16 * 2**20  # our headers are a few kB (+ ~45 kB of base signature)
@@ -260,14 +262,16 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
         v = tensors[k]
         if not k.startswith(PREFIX):
             hint = " (a kohya/A1111 copy: load the main delta file instead)" if k.startswith("lora_unet_") else ""
-            raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold unet.<module>.lora_A/lora_B/delta_weight{hint}")
+            raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold "
+                             f"unet.<module>.lora_A/lora_B/delta_weight/delta_bias{hint}")
         body = k[len(PREFIX):]
-        for suffix in (".lora_A.weight", ".lora_B.weight", ".delta_weight"):
+        for suffix in (".lora_A.weight", ".lora_B.weight", ".delta_weight", ".delta_bias"):
             if body.endswith(suffix):
                 name = body[: -len(suffix)]
                 break
         else:
-            raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold unet.<module>.lora_A/lora_B/delta_weight")
+            raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold "
+                             "unet.<module>.lora_A/lora_B/delta_weight/delta_bias")
         if not _MODULE_RE.match(name):
             raise DeltaError(f"{p}: key {_q(k)} does not name a module: the file is damaged, re-create it")
         if not v.is_floating_point():
@@ -281,7 +285,12 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
             if m > MAX_ABS_VALUE:
                 raise DeltaError(f"{p}: tensor {_q(k)} has values up to {m:.3g} (limit {MAX_ABS_VALUE:g}): no weight "
                                  "update is that large; the file is damaged, re-create it")
-        if suffix == ".delta_weight":
+        if suffix == ".delta_bias":
+            if v.dim() != 1:
+                raise DeltaError(f"{p}: bias update {_q(k)} has shape {tuple(v.shape)}; a .delta_bias is 1-D (the "
+                                 "module's bias shape): the file is damaged, re-create it")
+            d.dense_bias[name] = v
+        elif suffix == ".delta_weight":
             d.dense[name] = v
         else:
             factors.setdefault(name, {})[suffix[1:7]] = v
@@ -304,8 +313,11 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
                              "the factors are transposed or damaged; re-create the delta")
         d.lora[name] = (B, A)
         d.ranks[name] = r
-    if not d.lora and not d.dense:
+    if not d.lora and not d.dense and not d.dense_bias:
         raise DeltaError(f"{p} holds no weight update: re-create it with semu-erase")
+    if d.format == "lora" and d.dense_bias:
+        raise DeltaError(f"{p}: a LoRA delta cannot carry bias updates ({_q(PREFIX + sorted(d.dense_bias)[0] + '.delta_bias')}; "
+                         "stock diffusers would refuse the file): remove them, or write the delta as delta_format dense/mixed")
     if d.format == "lora" and d.dense or d.format == "dense" and d.lora:
         raise DeltaError(f"{p}: delta_format {d.format!r} does not match its tensors: the file is damaged, re-create it")
     ranks = prov.get("ranks")
@@ -336,14 +348,17 @@ def check_against_unet(unet: nn.Module, delta: Delta, prov: dict, path: str | Pa
                 raise DeltaError(f"{path}: LoRA factors of {n} (A {tuple(A.shape)}, B {tuple(B.shape)}) do not fit this "
                                  f"model's weight {tuple(w.shape)} (A must be {tuple(want_a)}, B ({w.shape[0]}, r)): it "
                                  f"was made for {made_for}")
-        elif tuple(delta.dense[n].shape) != tuple(w.shape):
+        elif n in delta.dense and tuple(delta.dense[n].shape) != tuple(w.shape):
             raise DeltaError(f"{path}: shape of {n} {tuple(delta.dense[n].shape)} does not match this model "
                              f"({tuple(w.shape)}): it was made for {made_for}")
         wmax = float(w.detach().abs().max()) if w.numel() else 0.0
-        dmax = float(delta.delta_weight(n).abs().max()) if w.numel() else 0.0
-        if dmax > MAX_REL_UPDATE * max(wmax, 1e-3):
-            raise DeltaError(f"{path}: the update of {n} reaches {dmax:.3g}, over {MAX_REL_UPDATE:g}x the largest base "
-                             f"weight ({wmax:.3g}): the delta is damaged or for another model; re-create it")
+        if n in delta.lora or n in delta.dense:
+            dmax = float(delta.delta_weight(n).abs().max()) if w.numel() else 0.0
+            if dmax > MAX_REL_UPDATE * max(wmax, 1e-3):
+                raise DeltaError(f"{path}: the update of {n} reaches {dmax:.3g}, over {MAX_REL_UPDATE:g}x the largest "
+                                 f"base weight ({wmax:.3g}): the delta is damaged or for another model; re-create it")
+        if n in delta.dense_bias:
+            _check_bias(unet, n, delta.dense_bias[n], wmax, path, made_for)
     sig = prov.get("base_signature")
     if sig is not None:
         covered = {row[0] for row in sig["modules"]}
@@ -356,6 +371,22 @@ def check_against_unet(unet: nn.Module, delta: Delta, prov: dict, path: str | Pa
         raise DeltaError(f"{path} has no base fingerprint, so nothing shows it was made for this model: re-create it "
                          "with semu-erase, or pass allow_unverified=True (--allow-unverified) if you trust it")
     return how
+
+
+def _check_bias(unet: nn.Module, n: str, db: torch.Tensor, wmax: float, path, made_for: str) -> None:
+    key = f"{PREFIX}{n}.delta_bias"
+    b = base_bias(unet, n)
+    if b is None:
+        raise DeltaError(f"{path}: {key} updates a bias, but module {n} has none in this model: remove that key or "
+                         f"use the model the delta was made for ({made_for})")
+    if db.dim() != 1 or tuple(db.shape) != tuple(b.shape):
+        raise DeltaError(f"{path}: {key} has shape {tuple(db.shape)}, but the bias of {n} has {tuple(b.shape)} here: "
+                         f"use the model the delta was made for ({made_for}) or re-create the delta")
+    bmax = float(b.detach().abs().max()) if b.numel() else 0.0
+    dmax = float(db.abs().max()) if db.numel() else 0.0
+    if dmax > MAX_REL_UPDATE * max(bmax, wmax, 1e-3):
+        raise DeltaError(f"{path}: the bias update of {n} reaches {dmax:.3g}, over {MAX_REL_UPDATE:g}x the largest base "
+                         f"bias or weight ({max(bmax, wmax):.3g}): the delta is damaged or for another model; re-create it")
 
 
 def validate_delta(path: str | Path, pipe=None, *, allow_unverified: bool = False,

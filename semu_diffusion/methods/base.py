@@ -41,16 +41,18 @@ class Delta:
     """A weight change of UNet modules.
 
     format "lora": ``lora[name] = (B, A)`` with dW = B @ A (A reshaped (r, in, kh, kw) for convs);
-    format "dense": ``dense[name] = dW`` (the full weight shape).
+    format "dense": ``dense[name] = dW`` (the full weight shape), optionally ``dense_bias[name] = db`` (the
+    module's bias shape; dense and mixed formats only, never in a LoRA-only delta).
     """
 
     format: str
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
+    dense_bias: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def modules(self) -> list[str]:
-        return sorted(set(self.lora) | set(self.dense))
+        return sorted(set(self.lora) | set(self.dense) | set(self.dense_bias))
 
     def delta_weight(self, name: str) -> torch.Tensor:
         if name in self.lora:
@@ -59,7 +61,8 @@ class Delta:
         return self.dense[name]
 
     def numel(self) -> int:
-        return sum(B.numel() + A.numel() for B, A in self.lora.values()) + sum(d.numel() for d in self.dense.values())
+        return (sum(B.numel() + A.numel() for B, A in self.lora.values()) + sum(d.numel() for d in self.dense.values())
+                + sum(b.numel() for b in self.dense_bias.values()))
 
 
 class Method:

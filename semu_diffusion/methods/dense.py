@@ -4,12 +4,17 @@
 - ``salun``: weight saliency: the top ``salun_share`` (default 50%) of |forget gradient| over all UNet
   Linear/Conv2d weights, ranked globally; masked fine-tuning with the remap objective.
 - ``esd-x`` / ``esd-u``: ESD's negative-guidance target on cross-attention weights (x) or on every other
-  Linear/Conv2d weight (u).
+  Linear/Conv2d weight (u); with ``train_bias`` (set by the ``esd-*-paper`` presets) their biases too, as the
+  official ESD code.
 - ``sap``:   sharpness-aware selection: the top ``sap_share`` (default 5%) of |Hessian diagonal| of the forget
   loss over the target layers, estimated with ``sap_probes`` Hutchinson probes (Rademacher v, diag = E[v * Hv],
   averaged signed, abs after) over up to ``sap_batches`` (default 4) forget batches.
 
-Their deltas are dense (``W - W0`` of every touched module) and load with ``semu_diffusion.load_delta`` only.
+Every dense method takes the method option ``train_bias`` (default False): the bias of each chosen module that has
+one is trained as well (never masked) and exported as ``b - b0``.
+
+Their deltas are dense (``W - W0`` of every touched module, ``b - b0`` of every trained bias) and load with
+``semu_diffusion.load_delta`` only.
 """
 from __future__ import annotations
 
@@ -29,9 +34,17 @@ def _weights(unet: nn.Module, pred) -> list[str]:
 
 
 class DenseMethod(Method):
-    """Trains the ``weight`` of chosen modules, with an optional elementwise mask on the update."""
+    """Trains the ``weight`` of chosen modules, with an optional elementwise mask on the update, and with the
+    option ``train_bias`` also their biases (unmasked)."""
 
     lr_scale: float = 1.0
+
+    def __init__(self, config=None, **options):
+        super().__init__(config, **options)
+        tb = self.options.get("train_bias", False)
+        if not isinstance(tb, bool):
+            raise ValueError(f"method option train_bias must be true or false, got {tb!r}")
+        self.train_bias = tb
 
     def modules(self, unet: nn.Module, targets: list[str]) -> list[str]:
         return targets
@@ -47,6 +60,8 @@ class DenseMethod(Method):
         names = self.modules(unet, targets)
         self.names = names
         self.w0 = {n: unet.get_submodule(n).weight.detach().to("cpu", torch.float32, copy=True) for n in names}
+        self.bias_names = [n for n in names if self.train_bias and unet.get_submodule(n).bias is not None]
+        self.b0 = {n: unet.get_submodule(n).bias.detach().to("cpu", torch.float32, copy=True) for n in self.bias_names}
         mask = self.masks(unet, names, grads, loss_fn)
         self.mask = mask
         self.hooks = []
@@ -60,7 +75,14 @@ class DenseMethod(Method):
                 self.hooks.append(w.register_hook(lambda g, keep=keep: g.masked_fill(~keep, 0)))
         total = sum(p.numel() for p in params)
         chosen = int(sum(int(mask[n].sum()) for n in names)) if mask is not None else total
-        self.info = {"trainable_params": chosen, "modules": len(names), "masked": mask is not None,
+        bias_params = 0
+        for n in self.bias_names:  # the trainer froze the UNet: unfreeze exactly the biases trained
+            b = unet.get_submodule(n).bias
+            b.requires_grad_(True)
+            params.append(b)
+            bias_params += b.numel()
+        self.info = {"trainable_params": chosen + bias_params, "modules": len(names), "masked": mask is not None,
+                     "train_bias": self.train_bias, "bias_modules": len(self.bias_names), "bias_params": bias_params,
                      **getattr(self, "info_extra", {})}
         return params
 
@@ -70,6 +92,9 @@ class DenseMethod(Method):
         for n in self.names:
             w = unet.get_submodule(n).weight.detach().float().cpu()
             d.dense[n] = (w - self.w0[n]).contiguous()
+        for n in self.bias_names:
+            b = unet.get_submodule(n).bias.detach().float().cpu()
+            d.dense_bias[n] = (b - self.b0[n]).contiguous()
         return d
 
     @torch.no_grad()
@@ -80,6 +105,10 @@ class DenseMethod(Method):
             w = unet.get_submodule(n).weight
             w.requires_grad_(False)
             w.copy_(self.w0[n].to(w.device, w.dtype))
+        for n in getattr(self, "bias_names", []):
+            b = unet.get_submodule(n).bias
+            b.requires_grad_(False)
+            b.copy_(self.b0[n].to(b.device, b.dtype))
 
 
 def top_share_mask(scores: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:

@@ -329,7 +329,13 @@ def method_choices(run: EraseRun) -> dict:
                     "esd-x": "cross-attention weights", "esd-u": "non-cross-attention Linear/Conv2d weights",
                     "sap": "top Hessian-diagonal weights of the target layers",
                     "semu": "R inside the gradient subspace of the target layers"}.get(c.method, c.method),
-        "biases": "not trained",
+        "biases": ("trained with the weights of the same modules (method option train_bias)"
+                   if run.method.options.get("train_bias") else "not trained"),
+        "retain_subspace": (f"the retain gradient's leading {c.retain_side}put directions holding {c.retain_energy:.0%} "
+                            "of its energy removed from the forget gradient before the SVD"
+                            if run.method.needs_retain_gradient else "off"),
+        "early_stop": (f"every {c.stop_every} steps, stop once <= {c.stop_detection:.0%} of {c.stop_samples} fixed-seed "
+                       "samples show the concept" if c.stop_every else "off (all --steps)"),
     }
 
 

@@ -131,3 +131,16 @@ def test_stop_every_ends_training_once_the_judge_finds_the_concept_gone(random_p
     assert full.stats["steps_run"] == 12 and full.stats["stop_history"] is None
     n = next(iter(full.delta.lora))
     assert not torch.equal(stopped.delta.lora[n][0], full.delta.lora[n][0])
+
+
+def test_retain_aware_subspace_is_used_and_recorded(random_pipe, tmp_path):
+    """--retain-energy: a retain set is built even without a retain term, the forget gradient loses the retain
+    directions' share of its energy before the SVD, and provenance says so; 0 switches it off."""
+    on = erase("star", pipe=random_pipe, retain_energy=0.9, retain_weight=0.0, log=lambda *a: None, **FAST)
+    info = on.provenance["method_info"]["retain_subspace"]
+    assert info["energy"] == 0.9 and info["side"] == "in" and 0 < info["forget_energy_kept_mean"] < 1
+    assert on.provenance["choices"]["retain_subspace"].startswith("the retain gradient's leading input directions")
+    off = erase("star", pipe=random_pipe, retain_energy=0.0, log=lambda *a: None, **FAST)
+    assert "retain_subspace" not in off.provenance["method_info"] and off.provenance["choices"]["retain_subspace"] == "off"
+    n = next(iter(on.delta.lora))
+    assert not torch.allclose(on.delta.lora[n][1], off.delta.lora[n][1])  # a different input subspace A = V_r^T

@@ -42,3 +42,12 @@ def test_every_recipe_parses():
     assert {"toy", "sd15", "sd21", "sdxl"} <= set(rs)
     for r in rs.values():
         assert 0 < r.semu["tau"] <= 1 and r.train["steps"] > 0
+
+
+def test_toy_recipe_uses_the_retain_aware_subspace_and_paper_preset_does_not():
+    from semu_diffusion.config import EraseConfig, resolve
+    from semu_diffusion.recipes import all_recipes
+
+    toy = all_recipes()["toy"]
+    assert resolve(EraseConfig(concept="star"), toy).retain_energy == 0.9
+    assert resolve(EraseConfig(concept="star", preset="semu-paper"), toy).retain_energy == 0.0

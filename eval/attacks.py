@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from semu_diffusion import atomic  # noqa: E402
 ATTACKS = ["inversion", "prompt-search", "random"]
 
 
@@ -64,10 +65,8 @@ def main(argv=None):
 
     def save():
         results["summary"] = summarize(results["rows"], methods)
-        tmp = res_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, res_path)
-        (out / "attacks.md").write_text(markdown(results, methods))
+        atomic.write_json(res_path, results, indent=1)
+        atomic.write_text(out / "attacks.md", markdown(results, methods))
 
     for c in classes:
         todo = [m for m in ["base"] + methods if f"{m}/{c}" not in results["rows"]]

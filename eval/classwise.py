@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from semu_diffusion import atomic  # noqa: E402
 
 
 def main(argv=None):
@@ -91,9 +92,7 @@ def main(argv=None):
             "trainable_frac": r.stats["trainable_frac"],
             "delta_bytes": r.stats["delta_bytes"], "erase_seconds": erase_s, "per_label_accuracy": cl[v]["per_label_accuracy"],
         }
-        tmp = res_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, res_path)
+        atomic.write_json(res_path, results)
         write_table(out, results, methods, classes, a.name)
     print(write_table(out, results, methods, classes, a.name))
 
@@ -107,9 +106,7 @@ def kept_color_accuracy(rep: dict, variant: str, erased: str) -> float:
 
 def write_table(out: Path, results: dict, methods: list[str], classes: list[str], name: str = "classwise") -> str:
     md = table(results, methods, classes)
-    tmp = out / f"{name}.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out / f"{name}.md")
+    atomic.write_text(out / f"{name}.md", md)
     return md
 
 

@@ -25,6 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from semu_diffusion import atomic  # noqa: E402
 
 
 def rss_gb() -> float:
@@ -228,10 +229,10 @@ def main(argv=None):
         name = f"cost-{a.arch}-{a.device.split(':')[0]}"
         report = json.loads((out / f"{name}.json").read_text())
         report["erase_peak_memory"] = erase_memory(a, [m for m in a.memory_methods.split(",") if m])
-        (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+        atomic.write_json(out / f"{name}.json", report)
         before = out / f"{name}-before.json"
         md = markdown(report, json.loads(before.read_text()) if before.exists() else None)
-        (out / f"{name}.md").write_text(md)
+        atomic.write_text(out / f"{name}.md", md)
         print(md)
         return
     t_build = time.time()
@@ -269,7 +270,7 @@ def main(argv=None):
                "train_step": t, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
         out = Path(a.out_dir)
         name = f"cost-{a.arch}-{a.device.split(':')[0]}-freeze"
-        (out / f"{name}.json").write_text(json.dumps(rep, indent=2))
+        atomic.write_json(out / f"{name}.json", rep)
         md = [f"# Freeze fix, one run: {a.arch} on {a.device}, {res} px, batch 1, OMP_NUM_THREADS={rep['omp_num_threads']}",
               "", f"Median of {a.repeats} alternating repeats x {a.iters} steps (forward + backward + Adam).", "",
               "| | semu s/step | full s/step | semu / full |", "|---|---|---|---|",
@@ -314,10 +315,10 @@ def main(argv=None):
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = f"cost-{a.arch}-{a.device.split(':')[0]}"
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    atomic.write_json(out / f"{name}.json", report)
     before = out / f"{name}-before.json"
     md = markdown(report, json.loads(before.read_text()) if before.exists() else None)
-    (out / f"{name}.md").write_text(md)
+    atomic.write_text(out / f"{name}.md", md)
     print(md)
 
 

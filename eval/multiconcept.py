@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from semu_diffusion import atomic  # noqa: E402
 
 # erase order: nested subsets (the first N); circle and square (the default anchors) stay kept to the end
 ORDER = ["triangle", "star", "heart", "cross", "hexagon", "diamond", "ring", "crescent"]
@@ -74,9 +75,7 @@ def main(argv=None):
     quiet = dict(progress=False, log=lambda *x: None, **json.loads(a.erase_options))
 
     def save():
-        tmp = res_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, res_path)
+        atomic.write_json(res_path, results)
         write_table(out, results)
 
     def evaluate(n: int, delta: Path) -> dict:
@@ -154,9 +153,7 @@ def main(argv=None):
 
 def write_table(out: Path, results: dict) -> str:
     md = table(results)
-    tmp = out / "multiconcept.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out / "multiconcept.md")
+    atomic.write_text(out / "multiconcept.md", md)
     return md
 
 

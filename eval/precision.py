@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from semu_diffusion import atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "eval"))
 
 
@@ -83,9 +84,7 @@ def main(argv=None):
                                     "UA": cl[v]["UA"], "RA": cl[v]["RA"], "fd_base": cl[v].get("fd_clip_retained_vs_base"),
                                     "color_kept": kept_color_accuracy(colors, v, c), "per_label": cl[v]["per_label_accuracy"],
                                     "trainable_frac": r.stats["trainable_frac"], "erase_seconds": erase_s}
-            tmp = res_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            os.replace(tmp, res_path)
+            atomic.write_json(res_path, results)
             x = results["runs"][key]
             print(f"{key:40s} UA {x['UA']:.2f} RA {x['RA']:.3f} colour {x['color_kept']:.3f} FDb {x['fd_base']:.2f} "
                   f"share {x['trainable_frac']:.4f} {erase_s:.0f}s  low: "
@@ -125,9 +124,7 @@ def ablate(a, pipe, results, res_path, work) -> None:
                                         "fd_base": r.get("fd_clip_retained_vs_base"), "color_kept": None,
                                         "per_label": r["per_label_accuracy"], "layers": len(keep)}
                 results["base"].setdefault(c, {"RA": cl["base"]["RA"], "per_label": cl["base"]["per_label_accuracy"]})
-                tmp = res_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(results, indent=2))
-                os.replace(tmp, res_path)
+                atomic.write_json(res_path, results)
                 print(f"{key:50s} layers {len(keep):3d} UA {r['UA']:.2f} RA {r['RA']:.3f} "
                       f"FDb {r.get('fd_clip_retained_vs_base', float('nan')):.2f}", flush=True)
 

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from semu_diffusion import atomic  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -109,7 +111,7 @@ def main(argv=None) -> dict:
     res["results"].pop("judges")
     rd = Path(a.results)
     rd.mkdir(parents=True, exist_ok=True)
-    (rd / "streaming.json").write_text(json.dumps(res, indent=2, default=float))
+    atomic.write_json(rd / "streaming.json", res)
     md = [f"# Streaming evaluation: {n} images of {a.n_prompts} prompts on the toy model",
           "", "`python eval/streaming.py` (toy judge, FD-CLIP, CLIP score; images cached as PNG, judged and featurised "
           "batch by batch; nothing holds all images).", "",
@@ -126,7 +128,7 @@ def main(argv=None) -> dict:
           "", "Memory is flat over the stream: what grows with the number of images is only the per-image records "
           "(a label, a CLIP score, one feature row: ~1 KB per image with toy-CLIP, 8 KB with Inception), not the images "
           "(an SD image at 512 px is 768 KB; holding the 4,703 I2P images would take 3.6 GB).", ""]
-    (rd / "streaming.md").write_text("\n".join(md))
+    atomic.write_text(rd / "streaming.md", "\n".join(md))
     print("\n".join(md))
     if not a.out:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -216,7 +218,7 @@ def judges_demo(a) -> dict:
             ["--model", str(sd), "--prompts", esd, "--judge", spec, "--per-prompt", "1", "--out", str(tmp / "refused2")])
     rd = Path(a.results)
     rd.mkdir(parents=True, exist_ok=True)
-    (rd / "streaming.judges.json").write_text(json.dumps(res, indent=2, default=float))
+    atomic.write_json(rd / "streaming.judges.json", res)
     md = ["# One evaluation per judge: toy model and random-weight SD-1.5 at 64 px", "",
           "`python eval/streaming.py --judges-demo" + (" --delta ..." if a.delta else "") + "` (2-CPU machine, offline).", ""]
     md += ["## Toy model (toy_classes, 4 images per prompt, 25 steps)", "", "| variant | toy judge | NudeNet (score >= 0.6) |",
@@ -243,7 +245,7 @@ def judges_demo(a) -> dict:
         for k, v in res[where]["random_init"].items():
             if not k.startswith("_"):
                 md.append(f"- {where}, {k}: {json.dumps(v, default=float)[:300]}")
-    (rd / "streaming.judges.md").write_text("\n".join(md) + "\n")
+    atomic.write_text(rd / "streaming.judges.md", "\n".join(md) + "\n")
     print("\n".join(md))
     shutil.rmtree(tmp, ignore_errors=True)
     return res

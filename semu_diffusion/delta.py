@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .atomic import atomic_path
 from .methods.base import Delta
 
 FORMAT_VERSION = 1
@@ -240,15 +241,8 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
         raise DeltaError(f"output folder {d} does not exist: create it or choose another --out")
     if not os.access(d, os.W_OK):
         raise DeltaError(f"output folder {d} is not writable: choose another --out")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p, keep_suffix=False) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return p
 
 

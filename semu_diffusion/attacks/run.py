@@ -7,8 +7,6 @@ plain concept prompt on the same seeds.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 
 from .base import available_attacks, finite, get_attack, image_grid
 from .options import AttackConfig
+from .. import atomic
 
 DATA_SEED_OFFSET = 500_000
 ATTACK_SEED_OFFSET = 900_000
@@ -216,10 +215,10 @@ def run_attacks(cfg: AttackConfig, log=print, pipe=None, on_variant=None) -> dic
                 if dpath:
                     remove_delta(pipe, dpath, adapter_name=adapter)
                     _drop_empty_lora_layers(pipe)
-            _write_json(out / "report.json", report)
+            atomic.write_json(out / "report.json", report)
     report["timing"]["seconds"] = time.time() - t_start
     report["timing"]["device"] = device
-    _write_json(out / "report.json", report)
+    atomic.write_json(out / "report.json", report)
     write_html(report, out / "report.html")
     return report
 
@@ -239,15 +238,8 @@ def _save(path: Path, grid: np.ndarray) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp)
 
 
 def _svg_curve(curves: dict[str, list[dict]], w: int = 320, h: int = 120) -> str:
@@ -291,6 +283,4 @@ def write_html(report: dict, path: Path) -> None:
            f"labels as the concept; best checkpoint (final in small), attack optimisation time.</p>"
            f"<table border=1 cellpadding=4><tr><th>variant</th><th>no attack</th>{head}</tr>{''.join(rows)}</table>"
            + "".join(sections))
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, path)
+    atomic.write_text(path, doc)

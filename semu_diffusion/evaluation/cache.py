@@ -4,11 +4,11 @@ interrupted run resumes where it stopped; no more than one batch of images is in
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from .. import atomic
 
 
 class ImageCache:
@@ -27,9 +27,7 @@ class ImageCache:
             if old != self.key:
                 for f in self.folder.glob("*.png"):
                     f.unlink()
-        tmp = kf.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.key, indent=1))
-        os.replace(tmp, kf)
+        atomic.write_json(kf, self.key, indent=1)
 
     def path(self, item) -> Path:
         return self.folder / f"{item.index:05d}_{item.seed}.png"
@@ -51,9 +49,8 @@ class ImageCache:
 
         for it, im in zip(batch, images):
             p = self.path(it)
-            tmp = p.with_suffix(".tmp.png")
-            Image.fromarray(im).save(tmp)
-            os.replace(tmp, p)
+            with atomic.atomic_path(p) as tmp:
+                Image.fromarray(im).save(tmp)
 
 
 @torch.no_grad()

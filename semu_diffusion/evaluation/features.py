@@ -12,6 +12,7 @@ import torch
 
 from .judges.base import JudgeUnavailable
 from .judges.classifiers import to01
+from .. import atomic
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -174,9 +175,8 @@ def reference_stats(folder: str | Path, extractor, batch_size: int = 64, keep: i
     mu, sigma = rs.compute()
     out = {"mu": mu, "sigma": sigma, "feats": np.stack(kept).astype(np.float32), "n": len(files), "hash": key, "cached": False}
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, feats=out["feats"], n=len(files))
-    os.replace(tmp, f)
+    with atomic.atomic_path(f) as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma, feats=out["feats"], n=len(files))
     (f.with_suffix(".json")).write_text(json.dumps({"folder": str(root.resolve()), "files": len(files),
                                                      "features": extractor.name}))
     return out

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from string import Template
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from ..metrics import frechet_distance
 from .features import kid, stats
+from .. import atomic
 
 
 def load_shards(folder: Path, n_proc: int) -> dict:
@@ -77,9 +77,7 @@ def summarize(cfg, sets, plans, variants, judges, extractors, references, work: 
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    atomic.write_json(path, obj)
 
 
 def write_report(report: dict, sets, plans, variants, cfg, out: Path) -> None:
@@ -126,10 +124,9 @@ def plot(results, sets, cfg, path: Path) -> None:
         ax.set_xticks(np.arange(len(labels)) + 0.4 - w / 2, labels, rotation=30, fontsize=7)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 PAGE = Template("""<!doctype html><html><head><meta charset='utf-8'><title>semu-eval report</title><style>
@@ -193,6 +190,4 @@ def write_html(report, sets, plans, variants, cfg, path: Path, n_show: int = 8, 
                            plot=("<img src='detection.png' style='width:auto;height:auto;image-rendering:auto'>"
                                  if (path.parent / "detection.png").exists() else ""),
                            sets="\n".join(parts))
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    atomic.write_text(path, page)

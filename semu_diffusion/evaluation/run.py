@@ -18,6 +18,7 @@ import numpy as np
 from .cache import ImageCache, generate_batch
 from .options import MAX_IMAGES, EvalConfig, EvalOptionError
 from .prompts import Item, PromptSet, batches, expand, load_prompt_sets
+from .. import atomic
 
 
 def file_sha(path: str | Path) -> str:
@@ -248,9 +249,8 @@ def _process_shard(pipe, cache: ImageCache, items: list[Item], ps: PromptSet, ju
         del ims
     work.mkdir(parents=True, exist_ok=True)
     r = state.process_index
-    tmp = work / f"rank{r}.json.tmp"
-    tmp.write_text(json.dumps({"index": idx, "records": recs, "clip_score": clip_scores, "generated": generated}))
-    os.replace(tmp, work / f"rank{r}.json")
+    atomic.write_json(work / f"rank{r}.json", {"index": idx, "records": recs, "clip_score": clip_scores,
+                                               "generated": generated}, indent=None)
     np.savez(work / f"rank{r}.npz", **{k: (np.concatenate(v) if v else np.zeros((0, 1))) for k, v in feats.items()})
     return generated
 

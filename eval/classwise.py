@@ -9,6 +9,11 @@ A method name that is a paper-exact preset (semu-paper, esd-x-paper, esd-u-paper
 
 Writes eval/results/classwise.json (every number, resumable: finished (method, class) pairs are skipped) and
 eval/results/classwise.md (one row per method: means over classes, worst class in brackets).
+
+    python eval/classwise.py --merge classwise-semu.json --carry classwise-before.json:full,salun --methods ...
+
+``--merge FILE`` adds the runs of another result file (runs of this file win); ``--carry FILE:m1,m2`` adds the rows
+of those methods from an older run, marked with a dagger in the table (measured by an earlier version of the code).
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ def main(argv=None):
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "classwise"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--merge", action="append", default=[], help="result file (in --out-dir) whose runs to add")
+    p.add_argument("--carry", action="append", default=[], help="FILE:method,method rows carried from an older run")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tqdm.auto import tqdm
@@ -61,6 +68,7 @@ def main(argv=None):
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
     results["per_prompt"] = a.per_prompt
     results["color_per_prompt"] = a.color_per_prompt
+    merge_results(results, out, a.merge, a.carry)
     pipe = load_pipeline("toy")
     # class-major order: an interrupted run leaves every method measured on the same classes
     pairs = [(m, c) for c in classes for m in methods if f"{m}/{c}" not in results["runs"]]
@@ -95,6 +103,23 @@ def main(argv=None):
         atomic.write_json(res_path, results)
         write_table(out, results, methods, classes, a.name)
     print(write_table(out, results, methods, classes, a.name))
+
+
+def merge_results(results: dict, out: Path, merge: list[str], carry: list[str]) -> None:
+    """Add the runs (and base figures) of other result files; carried rows are marked with their source."""
+    for name in merge:
+        other = json.loads((out / name).read_text())
+        for k, v in other["runs"].items():
+            results["runs"].setdefault(k, v)
+        for c, b in other.get("base", {}).items():
+            results.setdefault("base", {}).setdefault(c, b)
+    for spec in carry:
+        name, _, ms = spec.partition(":")
+        other = json.loads((out / name).read_text())
+        for k, v in other["runs"].items():
+            if v["method"] in ms.split(",") and k not in results["runs"]:
+                results["runs"][k] = dict(v, carried_from=name)
+        results.setdefault("carried", {})[name] = ms.split(",")
 
 
 def kept_color_accuracy(rep: dict, variant: str, erased: str) -> float:
@@ -139,12 +164,15 @@ def table(results: dict, methods: list[str], classes: list[str]) -> str:
         if not rs:
             continue
         drop = [base[r["class"]]["RA"] - r["RA"] for r in rs if r["class"] in base]
-        lines.append(f"| {m} | {len(rs)} | {agg([r['UA'] for r in rs], 'min')} | {agg([r['UA_syn'] for r in rs], 'min')} | "
+        lines.append(f"| {m}{' †' if any(r.get('carried_from') for r in rs) else ''} | {len(rs)} | {agg([r['UA'] for r in rs], 'min')} | {agg([r['UA_syn'] for r in rs], 'min')} | "
                      f"{agg([r['RA'] for r in rs], 'min')} | {agg(drop, 'max')} | {agg([r['fd_real'] for r in rs], 'max')} | "
                      f"{agg([r['fd_base'] for r in rs], 'max')} | {agg([r['clip_score'] for r in rs], 'min')} | "
                      f"{agg([r.get('color_kept') for r in rs], 'min')} | "
                      f"{agg([r['trainable_frac'] for r in rs], 'max')} | {np.mean([r['delta_bytes'] for r in rs]) / 1e6:.2f} | "
                      f"{np.mean([r['erase_seconds'] for r in rs]):.1f} |")
+    for name, ms in results.get("carried", {}).items():
+        lines.append(f"\n† {', '.join(ms)}: rows carried from `{name}` (an earlier version of the code, before the "
+                     "colour column existed); not re-run.")
     done = [c for c in classes if any(f"{m}/{c}" in results["runs"] for m in methods)]
     lines += ["", "UA per erased class (RA in brackets):", "",
               "| method | " + " | ".join(done) + " |", "|---|" + "---|" * len(done)]

@@ -69,6 +69,8 @@ def main(argv=None):
     results["per_prompt"] = a.per_prompt
     results["color_per_prompt"] = a.color_per_prompt
     merge_results(results, out, a.merge, a.carry)
+    if a.merge or a.carry:
+        atomic.write_json(res_path, results)
     pipe = load_pipeline("toy")
     # class-major order: an interrupted run leaves every method measured on the same classes
     pairs = [(m, c) for c in classes for m in methods if f"{m}/{c}" not in results["runs"]]

@@ -235,11 +235,15 @@ def compute_forget_gradient(run: EraseRun) -> None:
     run.grads = forget_gradient(run.unet, run.latents, run.acp, run.cond["forget"], run.cond["uncond"],
                                 m.gradient_targets(run.unet, run.names), run.tcfg, run.device,
                                 run.accelerator.autocast, progress=run.progress) if m.needs_gradient else None
-    if m.needs_retain_gradient:  # the same loss on the retain set: the directions SEMU's subspace must avoid
-        run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
-                                           m.gradient_targets(run.unet, run.names), run.tcfg, run.device,
-                                           run.accelerator.autocast, progress=run.progress)
+    if m.needs_retain_gradient:
+        compute_retain_gradient(run, m.gradient_targets(run.unet, run.names))
     run.stage["gradient"] = time.time() - t0
+
+
+def compute_retain_gradient(run: EraseRun, targets: list[str]) -> None:
+    """The forget loss's gradient on the retain set: the directions SEMU's retain-aware subspace must avoid."""
+    run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
+                                       targets, run.tcfg, run.device, run.accelerator.autocast, progress=run.progress)
 
 
 # ---- stage 4 ------------------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ Training past that point only moves the model further from its base: the retaine
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Callable
 
 from .generation import generate
 
@@ -24,7 +24,7 @@ class ErasureMonitor:
     gen_steps: int = 25
     guidance_scale: float = 7.5
     height: int | None = None
-    autocast: object = None
+    autocast: Callable = nullcontext
     prompt_set: object = None
     concept_label: str = ""
     history: list = field(default_factory=list)  # (step, detected share)
@@ -32,8 +32,7 @@ class ErasureMonitor:
     def detected(self) -> float:
         from .evaluation.prompts import Item
 
-        ctx = self.autocast() if self.autocast is not None else _null()
-        with ctx:
+        with self.autocast():
             images = generate(self.pipe, self.prompts, self.seeds, steps=self.gen_steps,
                               guidance_scale=self.guidance_scale, progress=False, height=self.height)
         h, w = images.shape[1:3]
@@ -53,12 +52,6 @@ class ErasureMonitor:
         return d <= self.threshold
 
 
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
-
-
 def build_monitor(pipe, concept: str, prompts: list[str], judge_spec: str, n: int, seed: int, device: str,
                   alternatives: list[str], **kw) -> ErasureMonitor:
     """A monitor over ``n`` fixed-seed images of ``prompts`` (cycled). ``alternatives``: the other class names a
@@ -75,6 +68,6 @@ def build_monitor(pipe, concept: str, prompts: list[str], judge_spec: str, n: in
             raise ValueError("the stop judge needs other class names to choose from: set an --anchor")
         judge.spaces[ps.name] = [concept] + list(dict.fromkeys(others))
     sel = [prompts[i % len(prompts)] for i in range(n)]
-    seeds = list(np.arange(n, dtype=np.int64) + seed * 100003 + 50_000)
-    return ErasureMonitor(pipe=pipe, judge=judge, prompts=sel, seeds=[int(s) for s in seeds], prompt_set=ps,
+    seeds = [seed * 100003 + 50_000 + i for i in range(n)]
+    return ErasureMonitor(pipe=pipe, judge=judge, prompts=sel, seeds=seeds, prompt_set=ps,
                           concept_label=concept, **kw)

@@ -244,7 +244,7 @@ def _joint_semu_class():
                 w = unet.get_submodule(n).weight.detach() if c.project else None
                 gs = grads[n]
                 if self.needs_retain_gradient:  # each concept's gradient without the retain set's directions
-                    gs = [self.retain_clean(n, g, w, retain_grads) for g in gs]
+                    gs = self.retain_clean(n, gs, w, retain_grads)
                     w = None  # projected already
                 subs[n] = joint_subspace(gs, self.combine, c.tau, c.r_min, self.rank_cap, c.r_max, w)
             frozen = [n for n in targets if subs[n].rank == 0]
@@ -397,8 +397,7 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
             run.grads = {n: sum(g[n] / g[n].norm().clamp_min(1e-30) for g in per) for n in targets}
         del per
         if meth.needs_retain_gradient:
-            run.retain_grads = forget_gradient(unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
-                                               targets, tcfg, run.device, run.accelerator.autocast, progress=progress)
+            api.compute_retain_gradient(run, targets)
     else:
         run.grads = None
     run.stage["gradient"] = time.time() - t0

@@ -14,6 +14,11 @@ from .base import Delta, Method
 class SEMU(Method):
     needs_gradient = True
 
+    def __init__(self, config=None, **options):
+        super().__init__(config, **options)
+        self.retain_kept: dict[str, float] = {}  # per layer: share of the forget gradient's energy the retain
+        # directions left (recorded by retain_clean, moved into info by add_retain_info)
+
     @property
     def needs_retain_gradient(self) -> bool:
         return self.config.retain_energy > 0
@@ -25,7 +30,8 @@ class SEMU(Method):
             raise ValueError("SEMU needs the forget gradient")
         weights = {n: unet.get_submodule(n).weight.detach() for n in targets} if c.project else None
         if self.needs_retain_gradient:
-            grads = self.retain_aware(grads, targets, weights, retain_grads)
+            grads = {n: self.retain_clean(n, [grads[n]], None if weights is None else weights[n], retain_grads)[0]
+                     for n in targets}
             weights = None  # projected already
         dev = next(iter(grads.values())).device
         subs: dict = {}
@@ -57,33 +63,30 @@ class SEMU(Method):
         self.add_retain_info()
         return params
 
-    def retain_aware(self, grads, targets, weights, retain_grads) -> dict[str, torch.Tensor]:
-        """The forget gradient without the directions the retain set's gradient uses (so the update U_r R V_r^T
-        leaves retained inputs/outputs alone to first order), after the orthogonal projection to W if enabled."""
-        self.retain_info = {"forget_energy_kept": {}}
-        return {n: self.retain_clean(n, grads[n], None if weights is None else weights[n], retain_grads)
-                for n in targets}
-
     def add_retain_info(self) -> None:
         """Record the retain-aware subspace (share of the forget gradient's energy it kept) in ``info``."""
+        k, self.retain_kept = self.retain_kept, {}
         if self.needs_retain_gradient:
-            c, k = self.config, self.retain_info["forget_energy_kept"]
+            c = self.config
             self.info["retain_subspace"] = {"energy": c.retain_energy, "side": c.retain_side,
                                             "forget_energy_kept_mean": float(sum(k.values()) / max(1, len(k)))}
 
-    def retain_clean(self, name: str, g: torch.Tensor, w: torch.Tensor | None, retain_grads) -> torch.Tensor:
-        """One layer's gradient: projected orthogonally to ``w`` (if given), then the retain directions removed."""
+    def retain_clean(self, name: str, gs: list[torch.Tensor], w: torch.Tensor | None, retain_grads
+                     ) -> list[torch.Tensor]:
+        """One layer's forget gradients (one per concept): each projected orthogonally to ``w`` (if given), then
+        the retain gradient's leading directions (one SVD per layer) removed."""
         c = self.config
         if not retain_grads:
             raise ValueError("retain_energy > 0 needs the retain gradient (a retain set): pass retain prompts")
-        g = g.float()
-        if w is not None:
-            g = project_orthogonal(g, w.float().to(g.device))
-        U, V = retain_directions(retain_grads[name].to(g.device), c.retain_energy, c.retain_side)
-        out = remove_directions(g, U, V)
-        kept = getattr(self, "retain_info", None) or {"forget_energy_kept": {}}
-        kept["forget_energy_kept"][name] = float(out.pow(2).sum() / g.pow(2).sum().clamp_min(1e-30))
-        self.retain_info = kept
+        U, V = retain_directions(retain_grads[name].to(gs[0].device), c.retain_energy, c.retain_side)
+        out, kept = [], []
+        for g in gs:
+            g = g.float()
+            if w is not None:
+                g = project_orthogonal(g, w.float().to(g.device))
+            out.append(remove_directions(g, U, V))
+            kept.append(float(out[-1].pow(2).sum() / g.pow(2).sum().clamp_min(1e-30)))
+        self.retain_kept[name] = sum(kept) / len(kept)
         return out
 
     @torch.no_grad()

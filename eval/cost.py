@@ -7,6 +7,12 @@ random weights: cost does not depend on weight values.
     python eval/cost.py --arch toy
     python eval/cost.py --arch sd15 --resolution 256 --steps 4 --forget-n 2 --gen-steps 4
     python eval/cost.py --arch sd15 --device cuda --mixed-precision bf16 --resolution 512
+    python eval/cost.py --arch sd15 --resolution 256 --targets conv-attn --name cost-sd15-cpu-convattn
+    python eval/cost.py --arch sd15 --resolution 256 --flops      # FLOP shares of the target sets -> cost-flops
+
+``--targets`` replaces the recipe's target set everywhere (training step, SVD stage, end-to-end and memory runs):
+a regex over UNet module names, or a named set from TARGET_SETS (``conv-attn``: cross-attention, the transformer
+projections and the resnet convolutions, as the toy recipe and the SEMU paper's "cross-attention and conv weights").
 """
 from __future__ import annotations
 
@@ -26,6 +32,53 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
+
+# named target sets for --targets (anything else is taken as a regex over UNet module names)
+TARGET_SETS = {
+    "conv-attn": r"attn2\.to_(q|k|v|out\.0)$|attentions\.\d+\.proj_(in|out)$|resnets\.\d+\.(conv1|conv2|conv_shortcut)$",
+}
+
+
+def resolve_targets(spec: str | None) -> str | None:
+    """The regex of a --targets value (a TARGET_SETS name or a regex); None or '' or 'recipe' keeps the recipe's."""
+    import re
+
+    if spec in (None, "", "recipe"):
+        return None
+    rx = TARGET_SETS.get(spec, spec)
+    try:
+        re.compile(rx)
+    except re.error as e:
+        raise SystemExit(f"error: --targets {spec!r} is not a valid regular expression ({e}); "
+                         f"pass a regex or one of {sorted(TARGET_SETS)}")
+    return rx
+
+
+def target_names(unet, targets: str | None = None) -> list[str]:
+    """The target modules: those matching ``targets`` (a regex) if given, else the recipe's include/exclude, as
+    erase() selects them."""
+    from semu_diffusion.recipes import recipe_for, select_targets
+
+    if targets:
+        return select_targets(unet, [targets])
+    rec = recipe_for(unet.config)
+    return select_targets(unet, rec.include, rec.exclude)
+
+
+def target_info(unet, targets: str | None = None) -> dict:
+    """What a target set is: its regex (or the recipe's include list), its layers and their weight parameters (what
+    `full` trains, and what its Adam state is three times of), biases apart."""
+    from semu_diffusion.recipes import recipe_for
+
+    names = target_names(unet, targets)
+    rec = recipe_for(unet.config)
+    mods = [unet.get_submodule(n) for n in names]
+    return {"source": "--targets" if targets else f"recipe {rec.family}",
+            "regex": targets if targets else "|".join(rec.include), "exclude": [] if targets else list(rec.exclude),
+            "layers": len(names), "conv_layers": sum(m.weight.dim() == 4 for m in mods),
+            "params": sum(m.weight.numel() for m in mods),
+            "bias_params": sum(m.bias.numel() for m in mods if m.bias is not None),
+            "unet_params": sum(p.numel() for p in unet.parameters())}
 
 
 def rss_gb() -> float:
@@ -71,7 +124,7 @@ def erase_memory(a, methods: list[str]) -> dict:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--arch", a.arch, "--device", a.device,
                "--mixed-precision", a.mixed_precision, "--memory-child", m]
         for flag, v in (("--resolution", a.resolution), ("--steps", a.steps), ("--forget-n", a.forget_n),
-                        ("--gen-steps", a.gen_steps)):
+                        ("--gen-steps", a.gen_steps), ("--targets", a.targets)):
             if v is not None:
                 cmd += [flag, str(v)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -89,14 +142,14 @@ def sync(device: str) -> None:
 
 
 def step_times(pipe, methods: list[str], device: str, mixed_precision: str, resolution: int, repeats: int, iters: int,
-               log=print) -> dict:
+               log=print, targets: str | None = None) -> dict:
     """Median seconds per training step (forward + backward + Adam) for each method, alternating methods."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     from semu_diffusion import objectives as O
     from semu_diffusion.methods import MethodConfig, get_method
-    from semu_diffusion.recipes import recipe_for, select_targets
+    from semu_diffusion.recipes import recipe_for
     from semu_diffusion.trainer import Conditioner, cast_frozen, forget_gradient, frozen, restore_frozen, unet_eps
 
     if AcceleratorState._shared_state:
@@ -104,7 +157,7 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
     acc = Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu")
     unet = pipe.unet
     rec = recipe_for(unet.config)
-    names = select_targets(unet, rec.include, rec.exclude)
+    names = target_names(unet, targets)
     cond = Conditioner(pipe, device).embed(["a photo of a thing"])
     unc = Conditioner(pipe, device).embed([""])
     h = resolution // pipe.vae_scale_factor
@@ -169,14 +222,14 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
             "repeats": repeats, "iters": iters}
 
 
-def svd_stage(pipe, device: str, repeats: int = 3) -> dict:
+def svd_stage(pipe, device: str, repeats: int = 3, targets: str | None = None) -> dict:
     """Time of the SVD + rank-selection stage over the full target set (gradient values do not change the cost)."""
-    from semu_diffusion.recipes import recipe_for, select_targets
+    from semu_diffusion.recipes import recipe_for
     from semu_diffusion.svd import gradient_subspaces
 
     unet = pipe.unet
     rec = recipe_for(unet.config)
-    names = select_targets(unet, rec.include, rec.exclude)
+    names = target_names(unet, targets)
     g = torch.Generator("cpu").manual_seed(1)
     grads = {n: torch.randn(unet.get_submodule(n).weight.shape, generator=g).to(device) for n in names}
     weights = {n: unet.get_submodule(n).weight.detach().float() for n in names}
@@ -193,6 +246,144 @@ def svd_stage(pipe, device: str, repeats: int = 3) -> dict:
         out[solver] = {"seconds_median": statistics.median(ts), "seconds": ts,
                        "rank_sum": sum(s.rank for s in subs.values()), "layers": len(names)}
     return out
+
+
+def flop_counter(depth: int | None = None):
+    """torch's FlopCounterMode, plus the CPU flash-attention kernels that it has no formula for (torch 2.x counts
+    SDPA only on its CUDA kernels, so on CPU the attention matmuls would be missing)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    extra = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        def fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+            return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+        def bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+            return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+        extra[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
+        extra[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
+    return fc.FlopCounterMode(display=False, depth=depth, custom_mapping=extra)
+
+
+def flop_analysis(pipe, resolution: int, target_sets: dict[str, str | None], device: str = "cpu",
+                  step_methods: tuple[str, ...] = ("semu", "full"), log=print) -> dict:
+    """FLOPs of one UNet forward (batch 1, fp32) and the share of it in each target set, with the best-case
+    semu/full step ratio that share allows: both methods run the forward F and the input-gradient backward (~F);
+    `full` adds the target layers' weight gradients (~F_targets), SEMU only its tiny low-rank branches, so
+    semu/full >= 2F / (2F + F_targets). Also the FLOPs of one real training step (forward + backward, counted by
+    torch.utils.flop_counter) of each method on each set; SEMU's subspaces come from random gradients, which give
+    every layer the largest rank (r_max), so its low-rank branches are counted at their worst. Adam's elementwise
+    work is not a FLOP the counter sees."""
+    import torch.nn as nn
+
+    from semu_diffusion import objectives as O
+    from semu_diffusion.methods import MethodConfig, get_method
+    from semu_diffusion.recipes import recipe_for
+    from semu_diffusion.trainer import Conditioner, frozen, unet_eps
+
+    unet = pipe.unet
+    rec = recipe_for(unet.config)
+    cond = Conditioner(pipe, device).embed(["a photo of a thing"])
+    h = resolution // pipe.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(0)
+    zt = torch.randn(1, unet.config.in_channels, h, h, generator=g).to(device)
+    target = torch.randn(zt.shape, generator=g).to(device)
+    t = torch.tensor([500], device=device)
+    prefix = type(unet).__name__ + "."
+    s0 = time.time()
+    fc = flop_counter()
+    with torch.no_grad(), fc:
+        unet_eps(unet, zt, t, cond)
+    counts = fc.get_flop_counts()
+    total = fc.get_total_flops()
+
+    def mod_flops(c: dict, n: str) -> int:
+        return int(sum(c.get(prefix + n, {}).values()))
+
+    convlin = [n for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    rep = {"resolution": resolution, "latent": list(zt.shape), "forward_flops": int(total),
+           "forward_seconds": time.time() - s0,
+           "conv_linear_forward_flops": sum(mod_flops(counts, n) for n in convlin),
+           "by_op": {str(k): int(v) for k, v in counts.get("Global", {}).items()}, "sets": {}}
+    log(f"[flops] UNet forward at {resolution} px: {total / 1e9:.1f} GFLOP "
+        f"({100 * rep['conv_linear_forward_flops'] / total:.1f}% in Linear/Conv2d modules)")
+    cfg = MethodConfig(tau=rec.semu.get("tau", 0.95), r_max=rec.semu.get("r_max"))
+    for label, rx in target_sets.items():
+        names = target_names(unet, rx)
+        ft = sum(mod_flops(counts, n) for n in names)
+        e = {**target_info(unet, rx), "target_forward_flops": ft, "share": ft / total,
+             "ratio_bound": 2 * total / (2 * total + ft), "step_flops": {}}
+        for m in step_methods:
+            meth = get_method(m)(cfg)
+            with frozen(unet):
+                gen = torch.Generator("cpu").manual_seed(1)
+                grads = ({n: torch.randn(unet.get_submodule(n).weight.shape, generator=gen).to(device) for n in names}
+                         if m == "semu" else None)
+                params = meth.setup(unet, names, grads)
+                del grads
+                try:
+                    s1 = time.time()
+                    fc2 = flop_counter()
+                    with fc2:
+                        loss = O.remap_loss(unet_eps(unet, zt, t, cond), target)
+                        loss.backward()
+                    st = {"flops": int(fc2.get_total_flops()), "seconds": time.time() - s1,
+                          "trainable_params": meth.trainable_numel()}
+                    if m == "semu":
+                        # the low-rank branches' forward: each SEMU layer's count less its base layer's (module
+                        # attribution is only reliable in the forward, so a separate no-grad forward)
+                        fc3 = flop_counter()
+                        with torch.no_grad(), fc3:
+                            unet_eps(unet, zt, t, cond)
+                        c3 = fc3.get_flop_counts()
+                        st["low_rank_branch_forward_flops"] = sum(mod_flops(c3, n) - mod_flops(c3, n + ".base")
+                                                                  for n in meth.layers)
+                        st["rank_mean"] = statistics.mean(int(layer.rank) for layer in meth.layers.values())
+                    e["step_flops"][m] = st
+                finally:
+                    meth.restore(unet)
+                    for q in params:
+                        q.grad = None
+            log(f"[flops] {label} {m} step: {st['flops'] / 1e9:.1f} GFLOP ({st['seconds']:.1f} s)")
+        sf = e["step_flops"]
+        if "semu" in sf and "full" in sf:
+            e["step_flop_ratio"] = sf["semu"]["flops"] / sf["full"]["flops"]
+        rep["sets"][label] = e
+        log(f"[flops] {label}: {e['layers']} layers, {e['params'] / 1e6:.1f}M params, {100 * e['share']:.1f}% of the "
+            f"forward FLOPs, semu/full bound {e['ratio_bound']:.2f}"
+            + (f", counted step ratio {e['step_flop_ratio']:.2f}" if "step_flop_ratio" in e else ""))
+    return rep
+
+
+def flops_markdown(r: dict, arch: str) -> str:
+    F = r["forward_flops"]
+    lines = [f"# FLOP shares of the target sets: {arch} UNet, {r['resolution']} px, batch 1", "",
+             f"One UNet forward (latent {'x'.join(map(str, r['latent']))}, fp32, counted by torch.utils.flop_counter): "
+             f"**{F / 1e9:.4g} GFLOP**, {100 * r['conv_linear_forward_flops'] / F:.1f}% of it in Linear/Conv2d modules "
+             f"(the rest: attention score/value matmuls).", "",
+             "Both SEMU and `full` run the whole forward F and the input-gradient backward (~F, every layer above the "
+             "first target); `full` adds the target layers' weight gradients (~F_targets, the targets' share of the "
+             "forward) and Adam over their parameters, SEMU only its rank-r branches. So the best case is "
+             "semu/full >= 2F / (2F + F_targets).", "",
+             "| target set | layers (conv) | params | target forward GFLOP | share of F | bound semu/full >= | "
+             "counted step GFLOP semu | full | semu/full (FLOPs) | SEMU low-rank branches, forward GFLOP (mean rank) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, e in r["sets"].items():
+        sf = e["step_flops"]
+        se, fu = sf.get("semu"), sf.get("full")
+        lines.append(
+            f"| {label} | {e['layers']} ({e['conv_layers']}) | {e['params'] / 1e6:.1f}M | {e['target_forward_flops'] / 1e9:.3g} | "
+            f"{100 * e['share']:.1f}% | {e['ratio_bound']:.2f} | {se['flops'] / 1e9 if se else float('nan'):.4g} | "
+            f"{fu['flops'] / 1e9 if fu else float('nan'):.4g} | {e.get('step_flop_ratio', float('nan')):.2f} | "
+            + (f"{se['low_rank_branch_forward_flops'] / 1e9:.3g} ({se['rank_mean']:.1f})" if se else "-") + " |")
+    lines += ["", "Regexes:", ""]
+    lines += [f"- {label}: `{e['regex']}`" for label, e in r["sets"].items()]
+    lines += ["", "The counted step is one forward + backward (no Adam: elementwise, not counted as FLOPs; its time is in "
+              "the measured steps of the cost tables). SEMU's subspaces here come from random gradients, which hit "
+              "r_max in every layer, so its branch FLOPs are the worst case (real forget gradients give mean rank ~4)."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -212,12 +403,21 @@ def main(argv=None):
     p.add_argument("--memory-methods", default="semu,full",
                    help="methods whose whole erasure's peak memory is measured, each in its own process ('' skips)")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--targets", default=None,
+                   help="regex over UNet module names replacing the recipe's target set everywhere (training step, SVD "
+                        f"stage, end-to-end and memory runs), or a named set: {', '.join(sorted(TARGET_SETS))}")
+    p.add_argument("--name", default=None,
+                   help="output file stem in --out-dir (default cost-<arch>-<device>; cost-flops with --flops)")
+    p.add_argument("--flops", action="store_true",
+                   help="only the FLOP shares of the recipe's target set, conv-attn and --targets (one forward and one "
+                        "counted training step each) -> <name>.{json,md}, default name cost-flops")
     p.add_argument("--freeze-only", action="store_true",
                    help="only the training step of semu and full with and without the freeze fix, alternating in one run "
                         "(writes cost-<arch>-<device>-freeze.{json,md})")
     p.add_argument("--memory-only", action="store_true",
                    help="re-measure only the erase peak memory into the existing report in --out-dir")
     a = p.parse_args(argv)
+    a.targets = resolve_targets(a.targets)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from semu_diffusion.cli import _quiet_libraries
 
@@ -226,7 +426,7 @@ def main(argv=None):
 
     if a.memory_only:
         out = Path(a.out_dir)
-        name = f"cost-{a.arch}-{a.device.split(':')[0]}"
+        name = a.name or f"cost-{a.arch}-{a.device.split(':')[0]}"
         report = json.loads((out / f"{name}.json").read_text())
         report["erase_peak_memory"] = erase_memory(a, [m for m in a.memory_methods.split(",") if m])
         atomic.write_json(out / f"{name}.json", report)
@@ -255,21 +455,35 @@ def main(argv=None):
         reset = reset_peak_rss()
         with tempfile.TemporaryDirectory() as td:
             r = erase("a red apple" if a.arch != "toy" else "triangle", pipe=pipe, method=a.memory_child,
-                      out=Path(td) / "d.safetensors", steps=a.steps, forget_n=a.forget_n, mixed_precision=a.mixed_precision,
+                      targets=a.targets, out=Path(td) / "d.safetensors", steps=a.steps, forget_n=a.forget_n, mixed_precision=a.mixed_precision,
                       device=a.device, resolution=a.resolution, gen_steps=a.gen_steps, progress=False, log=lambda *x: None)
         print("MEMORY " + json.dumps({"method": a.memory_child, "base_rss_gb": base, "peak_rss_gb": peak_rss_gb(),
                                       "peak_reset_after_build": reset,
                                       "cuda_peak_gb": r.stats.get("cuda_max_allocated_gb"), "seconds": r.stats["seconds"]}))
         return
     res = a.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if a.flops:
+        sets = {"recipe": None, "conv-attn": TARGET_SETS["conv-attn"]}
+        if a.targets and a.targets not in sets.values():
+            sets["--targets"] = a.targets
+        rep = {"arch": a.arch, "device": a.device, **flop_analysis(pipe, res, sets, a.device),
+               "torch": torch.__version__}
+        out = Path(a.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        name = a.name or "cost-flops"
+        atomic.write_json(out / f"{name}.json", rep)
+        md = flops_markdown(rep, a.arch)
+        atomic.write_text(out / f"{name}.md", md)
+        print(md)
+        return
     if a.freeze_only:
         ms = ["semu@nofreeze", "full@nofreeze", "semu", "full"]
-        t = step_times(pipe, ms, a.device, a.mixed_precision, res, a.repeats, a.iters)
+        t = step_times(pipe, ms, a.device, a.mixed_precision, res, a.repeats, a.iters, targets=a.targets)
         med = t["median_step_seconds"]
         rep = {"arch": a.arch, "device": a.device, "resolution": res, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "train_step": t, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
         out = Path(a.out_dir)
-        name = f"cost-{a.arch}-{a.device.split(':')[0]}-freeze"
+        name = a.name or f"cost-{a.arch}-{a.device.split(':')[0]}-freeze"
         atomic.write_json(out / f"{name}.json", rep)
         md = [f"# Freeze fix, one run: {a.arch} on {a.device}, {res} px, batch 1, OMP_NUM_THREADS={rep['omp_num_threads']}",
               "", f"Median of {a.repeats} alternating repeats x {a.iters} steps (forward + backward + Adam).", "",
@@ -284,14 +498,18 @@ def main(argv=None):
     report = {"arch": a.arch, "device": a.device, "mixed_precision": a.mixed_precision, "resolution": res,
               "unet_params": sum(p.numel() for p in pipe.unet.parameters()), "build_seconds": build_seconds,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None}}
+                          "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None},
+              "targets": target_info(pipe.unet, a.targets)}
+    ti = report["targets"]
+    print(f"[cost] targets ({ti['source']}): {ti['layers']} layers ({ti['conv_layers']} conv), {ti['params'] / 1e6:.1f}M "
+          f"params ({100 * ti['params'] / ti['unet_params']:.1f}% of the UNet): {ti['regex']}")
     print(f"[cost] {a.arch} on {a.device} ({a.mixed_precision}), {res}px, UNet {report['unet_params'] / 1e6:.1f}M params")
     if not a.skip_e2e:
         if a.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         with tempfile.TemporaryDirectory() as td:
             r = erase("a red apple" if a.arch != "toy" else "triangle", pipe=pipe, out=Path(td) / "d.safetensors",
-                      steps=a.steps, forget_n=a.forget_n, mixed_precision=a.mixed_precision, device=a.device,
+                      targets=a.targets, steps=a.steps, forget_n=a.forget_n, mixed_precision=a.mixed_precision, device=a.device,
                       resolution=res, gen_steps=a.gen_steps, progress=False)
         s = r.stats
         report["semu_end_to_end"] = {k: s[k] for k in ("stage_seconds", "seconds", "trainable_params", "trainable_frac",
@@ -301,20 +519,30 @@ def main(argv=None):
         report["semu_end_to_end"]["cuda_max_allocated_gb"] = s.get("cuda_max_allocated_gb")
         report["semu_end_to_end"]["cpu_peak_rss_gb"] = rss_gb()
         print(f"[cost] SEMU end to end: {s['seconds']:.1f} s, stages {s['stage_seconds']}, delta {s['delta_bytes'] / 1e6:.2f} MB")
-    report["svd_stage"] = svd_stage(pipe, a.device)
+    report["svd_stage"] = svd_stage(pipe, a.device, targets=a.targets)
     print(f"[cost] SVD stage: {json.dumps(report['svd_stage'])}")
     methods = [m for m in a.methods.split(",") if m]
     if "semu" not in methods:
         methods = ["semu"] + methods
-    report["train_step"] = step_times(pipe, methods, a.device, a.mixed_precision, res, a.repeats, a.iters)
+    report["train_step"] = step_times(pipe, methods, a.device, a.mixed_precision, res, a.repeats, a.iters,
+                                      targets=a.targets)
     report["cpu_peak_rss_gb"] = rss_gb()
     report["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     mem_methods = [m for m in a.memory_methods.split(",") if m]
     if mem_methods:
+        del pipe  # the children build their own model: give this process's memory back first
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
         report["erase_peak_memory"] = erase_memory(a, mem_methods)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"cost-{a.arch}-{a.device.split(':')[0]}"
+    name = a.name or f"cost-{a.arch}-{a.device.split(':')[0]}"
     atomic.write_json(out / f"{name}.json", report)
     before = out / f"{name}-before.json"
     md = markdown(report, json.loads(before.read_text()) if before.exists() else None)
@@ -326,6 +554,11 @@ def markdown(r: dict, before: dict | None = None) -> str:
     lines = [f"# Cost: {r['arch']} on {r['device']} ({r['mixed_precision']}, {r['resolution']} px)", "",
              f"UNet parameters: {r['unet_params']:,}. Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs"
              f"{', GPU ' + r['machine']['gpu'] if r['machine']['gpu'] else ''}, torch {r['machine']['torch']}.", ""]
+    ti = r.get("targets")
+    if ti:
+        lines += [f"Target set ({ti['source']}): {ti['layers']} layers ({ti['conv_layers']} Conv2d), "
+                  f"{ti['params']:,} parameters ({100 * ti['params'] / ti['unet_params']:.1f}% of the UNet); "
+                  f"regex `{ti['regex']}`" + (f", exclude {ti['exclude']}" if ti.get("exclude") else "") + ".", ""]
     e = r.get("semu_end_to_end")
     if e:
         lines += ["## SEMU end to end", "", "| stage | seconds |", "|---|---|"]

@@ -132,7 +132,9 @@ def erase_memory(a, methods: list[str]) -> dict:
         r = json.loads(line[len("MEMORY "):])
         r["above_base_gb"] = r["peak_rss_gb"] - r["base_rss_gb"]
         res[m] = r
-        print(f"[cost] peak memory of a {m} erasure: {r['peak_rss_gb']:.2f} GB RSS ({r['above_base_gb']:.2f} GB above the loaded model)")
+        print(f"[cost] peak memory of a {m} erasure: {r['peak_rss_gb']:.2f} GB RSS ({r['above_base_gb']:.2f} GB above the loaded model)"
+              + (f"; sampled peak per stage {json.dumps({k: round(v, 2) for k, v in r['stage_peak_rss_gb_sampled'].items()})}"
+                 if r.get("stage_peak_rss_gb_sampled") else ""))
     return res
 
 
@@ -248,6 +250,95 @@ def svd_stage(pipe, device: str, repeats: int = 3, targets: str | None = None) -
     return out
 
 
+def profile_step(pipe, resolution: int, targets: str | None, device: str = "cpu", repeats: int = 3,
+                 log=print) -> dict:
+    """Where a training step's time goes: alternating repeats of (a) the floor both methods share (frozen UNet,
+    forward + input-gradient backward only, no trainable parameter), (b) a SEMU step, (c) a `full` step
+    (forward + backward + Adam), then one torch.profiler step of SEMU and of full: the top operators by self CPU time
+    and SEMU's low-rank-branch operators (convolutions/matmuls with a rank-sized dimension) picked out by shape."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from semu_diffusion import objectives as O
+    from semu_diffusion.methods import MethodConfig, get_method
+    from semu_diffusion.recipes import recipe_for
+    from semu_diffusion.trainer import Conditioner, frozen, unet_eps
+
+    unet = pipe.unet
+    rec = recipe_for(unet.config)
+    names = target_names(unet, targets)
+    cond = Conditioner(pipe, device).embed(["a photo of a thing"])
+    h = resolution // pipe.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(0)
+    zt = torch.randn(1, unet.config.in_channels, h, h, generator=g).to(device)
+    target = torch.randn(zt.shape, generator=g).to(device)
+    t = torch.tensor([500], device=device)
+    cfg = MethodConfig(tau=rec.semu.get("tau", 0.95), r_max=rec.semu.get("r_max"))
+    gen = torch.Generator("cpu").manual_seed(1)
+    grads = {n: torch.randn(unet.get_submodule(n).weight.shape, generator=gen).half() for n in names}
+
+    def one_step(opt, x_grad: bool):
+        x = zt.detach().requires_grad_(x_grad)
+        sync(device)
+        s0 = time.time()
+        loss = O.remap_loss(unet_eps(unet, x, t, cond), target)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync(device)
+        return time.time() - s0
+
+    times = {"floor": [], "semu": [], "full": []}
+    prof_tables = {}
+    branch = {}
+    for rep in range(repeats + 1):  # the last round is the profiled one
+        for m in ("floor", "semu", "full"):
+            with frozen(unet):
+                meth = None if m == "floor" else get_method(m)(cfg)
+                params = [] if meth is None else meth.setup(unet, names, {n: v.float() for n, v in grads.items()}
+                                                           if m == "semu" else None)
+                opt = torch.optim.Adam(params, lr=1e-6) if params else None
+                try:
+                    one_step(opt, m == "floor")  # warm-up (allocations, Adam state)
+                    if rep < repeats:
+                        times[m].append(one_step(opt, m == "floor"))
+                        log(f"  [profile] rep {rep + 1}/{repeats} {m}: {times[m][-1]:.3f} s/step")
+                    elif m != "floor":
+                        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as pr:
+                            one_step(opt, False)
+                        ev = pr.key_averages()
+                        tot = sum(e.self_cpu_time_total for e in ev)
+                        top = sorted(ev, key=lambda e: -e.self_cpu_time_total)[:12]
+                        prof_tables[m] = {"total_self_cpu_s": tot / 1e6,
+                                          "top": [{"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6,
+                                                   "share": e.self_cpu_time_total / tot, "calls": e.count} for e in top]}
+                        if m == "semu":
+                            ranks = {int(layer.rank) for layer in meth.layers.values()}
+                            bt = 0.0
+                            for e in pr.key_averages(group_by_input_shape=True):
+                                if "conv" not in e.key and e.key not in ("aten::mm", "aten::addmm", "aten::bmm"):
+                                    continue
+                                shp = [tuple(x) for x in e.input_shapes if isinstance(x, (list, tuple)) and x]
+                                # a rank-sized dimension anywhere but the batch dimension of the first input
+                                dims = {d for i, sh in enumerate(shp) for d in (sh[1:] if i == 0 else sh)}
+                                if dims & ranks:
+                                    bt += e.self_cpu_time_total
+                            branch = {"branch_self_cpu_s": bt / 1e6, "share_of_step": bt / tot,
+                                      "ranks": sorted(ranks)}
+                finally:
+                    if meth is not None:
+                        meth.restore(unet)
+                    for q in params:
+                        q.grad = None
+                    del opt
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {"targets": target_info(unet, targets), "resolution": resolution, "repeats": repeats,
+            "median_step_seconds": med, "all_step_seconds": times,
+            "semu_over_full": med["semu"] / med["full"], "semu_over_floor": med["semu"] / med["floor"],
+            "full_over_floor": med["full"] / med["floor"], "profile": prof_tables, "semu_branch": branch,
+            "note": "SEMU subspaces from random gradients: every layer at r_max (worst case for the branches)"}
+
+
 def flop_counter(depth: int | None = None):
     """torch's FlopCounterMode, plus the CPU flash-attention kernels that it has no formula for (torch 2.x counts
     SDPA only on its CUDA kernels, so on CPU the attention matmuls would be missing)."""
@@ -357,6 +448,31 @@ def flop_analysis(pipe, resolution: int, target_sets: dict[str, str | None], dev
     return rep
 
 
+def profile_markdown(r: dict) -> str:
+    ti, med = r["targets"], r["median_step_seconds"]
+    lines = [f"# Where the step time goes: {r['arch']} on {r['device']}, {r['resolution']} px, batch 1, "
+             f"OMP_NUM_THREADS={r['omp_num_threads']}", "",
+             f"Targets ({ti['source']}): {ti['layers']} layers ({ti['conv_layers']} conv), {ti['params']:,} weights; "
+             f"regex `{ti['regex']}`.", "",
+             f"Median of {r['repeats']} alternating repeats, one step each after a warm-up step. floor = frozen UNet, "
+             "forward + input-gradient backward only (what both methods must do).", "",
+             "| | floor | semu | full | semu / full | semu / floor | full / floor |", "|---|---|---|---|---|---|---|",
+             f"| s/step | {med['floor']:.3f} | {med['semu']:.3f} | {med['full']:.3f} | {r['semu_over_full']:.2f} | "
+             f"{r['semu_over_floor']:.2f} | {r['full_over_floor']:.2f} |", ""]
+    b = r.get("semu_branch")
+    if b:
+        lines += [f"SEMU's low-rank branch operators (conv/matmul with a rank-sized dimension, ranks {b['ranks']}) in "
+                  f"the profiled step: {b['branch_self_cpu_s']:.3f} s self CPU, {100 * b['share_of_step']:.1f}% of "
+                  "the step.", ""]
+    for m, pt in r["profile"].items():
+        lines += [f"## torch.profiler, one {m} step ({pt['total_self_cpu_s']:.2f} s self CPU in all)", "",
+                  "| op | self CPU s | share | calls |", "|---|---|---|---|"]
+        lines += [f"| {e['op']} | {e['self_cpu_s']:.3f} | {100 * e['share']:.1f}% | {e['calls']} |" for e in pt["top"]]
+        lines.append("")
+    lines.append(r["note"] + ".")
+    return "\n".join(lines) + "\n"
+
+
 def flops_markdown(r: dict, arch: str) -> str:
     F = r["forward_flops"]
     lines = [f"# FLOP shares of the target sets: {arch} UNet, {r['resolution']} px, batch 1", "",
@@ -378,7 +494,12 @@ def flops_markdown(r: dict, arch: str) -> str:
             f"{100 * e['share']:.1f}% | {e['ratio_bound']:.2f} | {se['flops'] / 1e9 if se else float('nan'):.4g} | "
             f"{fu['flops'] / 1e9 if fu else float('nan'):.4g} | {e.get('step_flop_ratio', float('nan')):.2f} | "
             + (f"{se['low_rank_branch_forward_flops'] / 1e9:.3g} ({se['rank_mean']:.1f})" if se else "-") + " |")
-    lines += ["", "Regexes:", ""]
+    lines += ["", "Wall time of those single counted steps (one run each, under the counter, shared machine; no Adam): "
+              + "; ".join(f"{label} semu {e['step_flops']['semu']['seconds']:.1f} s, full "
+                          f"{e['step_flops']['full']['seconds']:.1f} s" for label, e in r["sets"].items()
+                          if {"semu", "full"} <= set(e["step_flops"]))
+              + ". On CPU the weight-gradient convolutions run at a lower FLOP rate than the forward and input-gradient "
+              "ones, so `full`'s extra time exceeds its FLOP share even before Adam.", "", "Regexes:", ""]
     lines += [f"- {label}: `{e['regex']}`" for label, e in r["sets"].items()]
     lines += ["", "The counted step is one forward + backward (no Adam: elementwise, not counted as FLOPs; its time is in "
               "the measured steps of the cost tables). SEMU's subspaces here come from random gradients, which hit "
@@ -408,6 +529,10 @@ def main(argv=None):
                         f"stage, end-to-end and memory runs), or a named set: {', '.join(sorted(TARGET_SETS))}")
     p.add_argument("--name", default=None,
                    help="output file stem in --out-dir (default cost-<arch>-<device>; cost-flops with --flops)")
+    p.add_argument("--profile", action="store_true",
+                   help="only where the step time goes: floor (forward + input backward) vs semu vs full steps in "
+                        "alternating repeats, and a torch.profiler op table of each -> <name>.{json,md}, default name "
+                        "cost-<arch>-<device>-profile")
     p.add_argument("--flops", action="store_true",
                    help="only the FLOP shares of the recipe's target set, conv-attn and --targets (one forward and one "
                         "counted training step each) -> <name>.{json,md}, default name cost-flops")
@@ -451,14 +576,39 @@ def main(argv=None):
         import gc
 
         gc.collect()
+        import threading
+
         base = current_rss_gb()
         reset = reset_peak_rss()
-        with tempfile.TemporaryDirectory() as td:
-            r = erase("a red apple" if a.arch != "toy" else "triangle", pipe=pipe, method=a.memory_child,
-                      targets=a.targets, out=Path(td) / "d.safetensors", steps=a.steps, forget_n=a.forget_n, mixed_precision=a.mixed_precision,
-                      device=a.device, resolution=a.resolution, gen_steps=a.gen_steps, progress=False, log=lambda *x: None)
+        samples: list[tuple[float, float]] = []  # (time, RSS GB) every 50 ms: which stage holds the peak
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append((time.time(), current_rss_gb()))
+                stop.wait(0.05)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        t0 = time.time()
+        try:
+            with tempfile.TemporaryDirectory() as td:
+                r = erase("a red apple" if a.arch != "toy" else "triangle", pipe=pipe, method=a.memory_child,
+                          targets=a.targets, out=Path(td) / "d.safetensors", steps=a.steps, forget_n=a.forget_n,
+                          mixed_precision=a.mixed_precision, device=a.device, resolution=a.resolution,
+                          gen_steps=a.gen_steps, progress=False, log=lambda *x: None)
+        finally:
+            stop.set()
+            th.join()
+        # stage windows from the stage times laid end to end from the start (prepare's few ms unaccounted)
+        stage_peak, start = {}, t0
+        for k, v in r.stats["stage_seconds"].items():
+            inside = [g for tt, g in samples if start <= tt < start + v]
+            if inside:
+                stage_peak[k] = max(inside)
+            start += v
         print("MEMORY " + json.dumps({"method": a.memory_child, "base_rss_gb": base, "peak_rss_gb": peak_rss_gb(),
-                                      "peak_reset_after_build": reset,
+                                      "peak_reset_after_build": reset, "stage_peak_rss_gb_sampled": stage_peak,
                                       "cuda_peak_gb": r.stats.get("cuda_max_allocated_gb"), "seconds": r.stats["seconds"]}))
         return
     res = a.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -473,6 +623,17 @@ def main(argv=None):
         name = a.name or "cost-flops"
         atomic.write_json(out / f"{name}.json", rep)
         md = flops_markdown(rep, a.arch)
+        atomic.write_text(out / f"{name}.md", md)
+        print(md)
+        return
+    if a.profile:
+        rep = {"arch": a.arch, "device": a.device, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+               **profile_step(pipe, res, a.targets, a.device, a.repeats), "torch": torch.__version__}
+        out = Path(a.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        name = a.name or f"cost-{a.arch}-{a.device.split(':')[0]}-profile"
+        atomic.write_json(out / f"{name}.json", rep)
+        md = profile_markdown(rep)
         atomic.write_text(out / f"{name}.md", md)
         print(md)
         return
@@ -593,6 +754,13 @@ def markdown(r: dict, before: dict | None = None) -> str:
         for m, v in mem.items():
             cp = f"{v['cuda_peak_gb']:.2f}" if v.get("cuda_peak_gb") else "-"
             lines.append(f"| {m} | {v['peak_rss_gb']:.2f} | {v['above_base_gb']:.2f} | {cp} | {v['seconds']:.1f} |")
+        staged = {m: v["stage_peak_rss_gb_sampled"] for m, v in mem.items() if v.get("stage_peak_rss_gb_sampled")}
+        if staged:
+            stages = list(dict.fromkeys(k for v in staged.values() for k in v))
+            lines += ["", "Sampled peak RSS (GB, every 50 ms) within each erase stage:", "",
+                      "| method | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+            lines += [f"| {m} | " + " | ".join(f"{v[k]:.2f}" if k in v else "-" for k in stages) + " |"
+                      for m, v in staged.items()]
         if "semu" in mem and "full" in mem:
             lines += ["", f"SEMU / full: peak RSS {mem['semu']['peak_rss_gb'] / mem['full']['peak_rss_gb']:.2f}, "
                           f"working memory above the loaded model "

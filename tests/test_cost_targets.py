@@ -86,3 +86,15 @@ def test_cli_bad_targets_writes_nothing(tmp_path):
     with pytest.raises(SystemExit, match="--targets"):
         cost.main(["--arch", "toy", "--flops", "--targets", "resnets(", "--out-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_profile_step_splits_floor_semu_full(toy_pipe):
+    r = cost.profile_step(toy_pipe, 32, ATTN, repeats=1, log=lambda *x: None)
+    med = r["median_step_seconds"]
+    assert set(med) == {"floor", "semu", "full"} and all(v > 0 for v in med.values())
+    assert r["semu_over_full"] == pytest.approx(med["semu"] / med["full"])
+    assert r["targets"]["layers"] == 28 and set(r["profile"]) == {"semu", "full"}
+    assert any(e["op"].startswith("aten::") for e in r["profile"]["full"]["top"])
+    b = r["semu_branch"]
+    assert b["ranks"] and 0 < b["share_of_step"] < 1
+    assert "floor" in cost.profile_markdown({"arch": "toy", "device": "cpu", "omp_num_threads": "1", **r})

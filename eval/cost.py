@@ -319,9 +319,13 @@ def profile_step(pipe, resolution: int, targets: str | None, device: str = "cpu"
                                 if "conv" not in e.key and e.key not in ("aten::mm", "aten::addmm", "aten::bmm"):
                                     continue
                                 shp = [tuple(x) for x in e.input_shapes if isinstance(x, (list, tuple)) and x]
-                                # a rank-sized dimension anywhere but the batch dimension of the first input
-                                dims = {d for i, sh in enumerate(shp) for d in (sh[1:] if i == 0 else sh)}
-                                if dims & ranks:
+                                if "conv" in e.key:  # a kernel (4-D, <= 3x3) with a rank-sized channel count
+                                    hit = any(len(sh) == 4 and sh[2] <= 3 and sh[3] <= 3 and {sh[0], sh[1]} & ranks
+                                              for sh in shp)
+                                else:  # a rank-sized dimension anywhere but the first input's leading one
+                                    hit = bool({d for i, sh in enumerate(shp) for d in (sh[1:] if i == 0 else sh)}
+                                               & ranks)
+                                if hit:
                                     bt += e.self_cpu_time_total
                             branch = {"branch_self_cpu_s": bt / 1e6, "share_of_step": bt / tot,
                                       "ranks": sorted(ranks)}

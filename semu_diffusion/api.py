@@ -20,8 +20,11 @@ from .generation import generate
 from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
-from .trainer import (Conditioner, TrainConfig, cast_frozen, forget_gradient, forget_loss_fn, frozen, make_schedule,
-                      restore_frozen, train)
+from .trainer import (Conditioner, TrainConfig, cast_frozen, forget_gradient, forget_loss_fn, frozen,
+                      input_second_moments, make_schedule, restore_frozen, train)
+
+
+MAX_ACTIVATION_DIM = 4096  # inputs per layer (conv: in x kh x kw) for --retain-source activation's d x d moment
 
 
 @dataclass
@@ -148,6 +151,13 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     names = select_targets(unet, include, [] if cfg.targets else recipe.exclude)
     if not names:
         raise ConfigError(f"no UNet module matches the targets {include}: check --targets")
+    if cfg.retain_source == "activation" and cfg.retain_energy and cfg.method == "semu":
+        big = max(names, key=lambda n: unet.get_submodule(n).weight[0].numel())
+        d = unet.get_submodule(big).weight[0].numel()
+        if d > MAX_ACTIVATION_DIM:
+            raise ConfigError(f"--retain-source activation keeps a {d} x {d} input second moment for {big} "
+                              f"({d * d * 4 / 2**30:.1f} GB); the limit is {MAX_ACTIVATION_DIM} inputs per layer: use "
+                              "--retain-source gradient or --targets without that layer")
     mcfg = MethodConfig(tau=cfg.tau, r_min=cfg.r_min, r_max=cfg.r_max, project=cfg.project, conv_mode=cfg.conv_mode,
                         retain_energy=cfg.retain_energy, retain_side=cfg.retain_side)
     m = get_method(cfg.method)(mcfg, **cfg.method_options)
@@ -241,7 +251,13 @@ def compute_forget_gradient(run: EraseRun) -> None:
 
 
 def compute_retain_gradient(run: EraseRun, targets: list[str]) -> None:
-    """The forget loss's gradient on the retain set: the directions SEMU's retain-aware subspace must avoid."""
+    """What SEMU's retain-aware subspace must avoid: the forget loss's gradient on the retain set, or (retain_source
+    "activation") the target layers' input activations on it, as a matrix whose row space and energy are theirs."""
+    if run.cfg.retain_source == "activation":
+        run.retain_grads = input_second_moments(run.unet, run.retain_latents, run.acp, run.retain_cond,
+                                                run.cond["uncond"], targets, run.tcfg, run.device,
+                                                run.accelerator.autocast, progress=run.progress)
+        return
     run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
                                        targets, run.tcfg, run.device, run.accelerator.autocast, progress=run.progress)
 
@@ -254,7 +270,8 @@ def setup_method(run: EraseRun) -> None:
         torch.cuda.synchronize()
     loss_fn = (forget_loss_fn(run.unet, run.latents, run.acp, run.cond["forget"], run.cond["uncond"], run.tcfg,
                               run.device) if run.method.needs_loss_fn else None)
-    run.params = run.method.setup(run.unet, run.names, run.grads, loss_fn=loss_fn, retain_grads=run.retain_grads)
+    run.params = run.method.setup(run.unet, run.names, run.grads, loss_fn=loss_fn, retain_grads=run.retain_grads,
+                                  consume=True)
     if run.device.startswith("cuda"):
         torch.cuda.synchronize()
     run.grads = run.retain_grads = None
@@ -335,8 +352,11 @@ def method_choices(run: EraseRun) -> dict:
                     "semu": "R inside the gradient subspace of the target layers"}.get(c.method, c.method),
         "biases": ("trained with the weights of the same modules (method option train_bias)"
                    if run.method.options.get("train_bias") else "not trained"),
-        "retain_subspace": (f"the retain gradient's leading {c.retain_side}put directions holding {c.retain_energy:.0%} "
-                            "of its energy removed from the forget gradient before the SVD"
+        "retain_subspace": (("the retain set's leading input activation directions (conditional and unconditional "
+                             f"passes) holding {c.retain_energy * 100:g}% of their energy"
+                             if c.retain_source == "activation" else
+                             f"the retain gradient's leading {c.retain_side}put directions holding "
+                             f"{c.retain_energy * 100:g}% of its energy") + " removed from the forget gradient before the SVD"
                             if run.method.needs_retain_gradient else "off"),
         "early_stop": (f"every {c.stop_every} steps, stop once <= {c.stop_detection:.0%} of {c.stop_samples} fixed-seed "
                        "samples show the concept" if c.stop_every else "off (all --steps)"),

@@ -89,6 +89,9 @@ class EraseConfig:
     retain_side: str | None = opt(None, "which side of the retain gradient --retain-energy removes: input (in), "
                                   "output (out) or both", recipe="semu.retain_side", final="in",
                                   choices=["in", "out", "both"])
+    retain_source: str | None = opt(None, "what --retain-energy avoids: the retain set's gradient (gradient) or the "
+                                    "target layers' input activations on the retain set (activation; input side)",
+                                    recipe="semu.retain_source", final="gradient", choices=["gradient", "activation"])
     remap_target: str | None = opt(None, "remap target: the frozen base model's anchor prediction (base) or the "
                                    "current model's, detached (current, the official SEMU code)",
                                    recipe="train.remap_target", final="base", choices=["base", "current"])
@@ -361,6 +364,8 @@ def resolve(c: EraseConfig, recipe) -> EraseConfig:
                           f"{r.method} with conv mode {r.conv_mode} writes dense updates: drop --kohya")
     if r.esd_trajectory and not r.method.startswith("esd"):
         raise ConfigError("--esd-trajectory applies to --method esd-x or esd-u only")
+    if r.retain_source == "activation" and r.retain_energy and r.retain_side != "in":
+        raise ConfigError("--retain-source activation removes input directions only: use --retain-side in")
     if r.cufg and not r.retain_weight:
         raise ConfigError("--cufg corrects the forget gradient against the retain gradient: set --retain-weight > 0")
     return r

@@ -60,22 +60,26 @@ class SEMULinear(SEMULayer):
         if self.merged:
             return y
         h = x.to(self.V.dtype) @ self.V  # (..., r)
-        h = h @ (self.R.T * self.scale) @ self.U.T
+        h = h @ (self.R.T if self.scale == 1.0 else self.R.T * self.scale) @ self.U.T
         return y + h.to(y.dtype)
 
 
 class SEMUConv2d(SEMULayer):
     """'flat' conv mode: one SVD of the (out, in*kh*kw) gradient; the update is a LoRA conv pair."""
 
+    def __init__(self, base: nn.Module, sub: Subspace):
+        super().__init__(base, sub)
+        # V^T as an (r, in, kh, kw) kernel, made once (not per forward); follows .to(), not saved in state_dict
+        self.register_buffer("A", self.V.T.reshape(self.rank, *base.weight.shape[1:]).contiguous(), persistent=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if self.merged:
             return y
-        b = self.base
-        A = self.V.T.reshape(self.rank, *b.weight.shape[1:])
+        b, A = self.base, self.A
         h = F.conv2d(x.to(A.dtype), A, None, b.stride, b.padding, b.dilation, b.groups)
-        B = (self.U @ self.R * self.scale)[:, :, None, None]
-        return y + F.conv2d(h, B).to(y.dtype)
+        B = self.U @ self.R if self.scale == 1.0 else self.U @ self.R * self.scale
+        return y + F.conv2d(h, B[:, :, None, None]).to(y.dtype)
 
 
 class SEMUConv2dPerChannel(nn.Module):

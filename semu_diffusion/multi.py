@@ -227,7 +227,7 @@ def _joint_semu_class():
             super().__init__(config, **options)
             self.combine, self.rank_cap = combine, rank_cap
 
-        def setup(self, unet, targets, grads, loss_fn=None, retain_grads=None):
+        def setup(self, unet, targets, grads, loss_fn=None, retain_grads=None, consume=False):
             c = self.config
             if grads is None:
                 raise ValueError("SEMU needs the forget gradients")
@@ -235,14 +235,14 @@ def _joint_semu_class():
                 summed = {n: sum(g / g.norm().clamp_min(1e-30) for g in grads[n]) for n in targets}
                 cfg = replace(c, r_max=self.rank_cap)
                 base = SEMU(cfg)
-                params = base.setup(unet, targets, summed, retain_grads=retain_grads)
+                params = base.setup(unet, targets, summed, retain_grads=retain_grads, consume=True)
                 self.layers, self.info = base.layers, base.info
                 self.info["combine"] = "sum (per-channel conv mode)"
                 return params
             subs = {}
             for n in targets:
                 w = unet.get_submodule(n).weight.detach() if c.project else None
-                gs = grads[n]
+                gs = grads.pop(n) if consume else grads[n]
                 if self.needs_retain_gradient:  # each concept's gradient without the retain set's directions
                     gs = self.retain_clean(n, gs, w, retain_grads)
                     w = None  # projected already

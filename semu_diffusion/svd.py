@@ -46,13 +46,15 @@ def flatten_weight(t: torch.Tensor) -> torch.Tensor:
 
 def gradient_subspaces(grads: dict[str, torch.Tensor], tau: float = 0.95, r_min: int = 1, r_max: int | None = None,
                        weights: dict[str, torch.Tensor] | None = None, device: str | torch.device | None = None,
-                       solver: str = "auto", seed: int = 0) -> dict[str, Subspace]:
+                       solver: str = "auto", seed: int = 0, consume: bool = False) -> dict[str, Subspace]:
     """SVD of every forget gradient (flattened to 2-D) in float32, layers of equal shape in one batched call.
 
     ``weights``: if given, each G is first projected orthogonally to its W.
     ``solver``: "full" (exact thin SVD), "lowrank" (randomized top-(r_max + 8) SVD with power iterations; the total
     energy is the exact ||G||_F^2, so rank selection is unchanged whenever r <= r_max), or "auto" (lowrank when
     r_max is set and small against the matrix size).
+    ``consume``: pop each gradient from ``grads`` once it is copied into its group's batch, so that (with no other
+    reference to it) the peak memory is the gradients plus one layer, not plus a copy of every group.
     """
     if solver not in ("auto", "full", "lowrank"):
         raise ValueError("solver must be auto, full or lowrank")
@@ -61,13 +63,13 @@ def gradient_subspaces(grads: dict[str, torch.Tensor], tau: float = 0.95, r_min:
         groups.setdefault(tuple(flatten_weight(g).shape), []).append(name)
     out: dict[str, Subspace] = {}
     for shape, names in groups.items():
-        mats = []
-        for n in names:
-            g = grads[n]
+        batch = torch.empty((len(names), *shape), dtype=torch.float32, device=device or grads[names[0]].device)
+        for i, n in enumerate(names):
+            g = grads.pop(n) if consume else grads[n]
             if weights is not None:
                 g = project_orthogonal(g.float(), weights[n].float().to(g.device))
-            mats.append(flatten_weight(g).float().to(device or g.device))
-        batch = torch.stack(mats)
+            batch[i] = flatten_weight(g)
+            del g
         q = (r_max or 0) + 8
         use_low = solver == "lowrank" or (solver == "auto" and r_max is not None and q * 4 <= min(shape))
         if use_low:
@@ -75,7 +77,7 @@ def gradient_subspaces(grads: dict[str, torch.Tensor], tau: float = 0.95, r_min:
             with torch.random.fork_rng(devices=devs):  # seeded, without touching the caller's RNG
                 torch.manual_seed(seed)
                 U, S, V = torch.svd_lowrank(batch, q=min(q, min(shape)), niter=4)
-            total = batch.pow(2).sum((-1, -2)).double()
+            total = torch.stack([b.pow(2).sum() for b in batch]).double()  # one layer's temporary at a time
         else:
             U, S, Vh = torch.linalg.svd(batch, full_matrices=False)
             V = Vh.transpose(-1, -2)

@@ -212,6 +212,53 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
     return grads
 
 
+def input_second_moments(unet, latents, acp, cond, uncond, targets: list[str], cfg: TrainConfig, device,
+                         autocast: Callable, progress=True) -> dict[str, torch.Tensor]:
+    """What each target layer sees on the retain set: the second moment K = sum x x^T of its inputs (a conv's
+    unfolded patches, in the weight's flattened (in, kh, kw) order) over the retain latents, noised at seeded
+    timesteps and run under their prompts and the empty prompt (the two passes of every guided sample).
+
+    Returned as a factor S with S^T S = K, so that ``retain_directions(S, energy, "in")`` gives the input
+    directions holding that share of the retain activations' energy."""
+    import torch.nn.functional as F
+
+    mods = {n: unet.get_submodule(n) for n in targets}
+    K: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def pre(mod, args):
+            x = args[0].detach().float()
+            if isinstance(mod, torch.nn.Conv2d):
+                x = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride).transpose(1, 2)
+            x = x.reshape(-1, x.shape[-1])
+            K[name] = K[name] + x.T @ x if name in K else x.T @ x
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
+    g = torch.Generator("cpu").manual_seed(cfg.seed + 404)
+    n, B = len(latents), cfg.batch_size
+    try:
+        with torch.no_grad():
+            for i in tqdm(range(0, n, B), desc="retain activations", disable=not progress, dynamic_ncols=True,
+                          leave=False):
+                z0 = latents[i : i + B].to(device)
+                b = len(z0)
+                t = torch.randint(0, len(acp), (b,), generator=g).to(device)
+                zt = O.add_noise(z0, torch.randn(z0.shape, generator=g).to(device), t, acp)
+                c = cond_index(cond, torch.arange(i, i + b) % len(cond["hidden"]))
+                u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+                with autocast():
+                    unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, k in K.items():
+        lam, Q = torch.linalg.eigh(k.double())
+        out[name] = (lam.clamp_min(0).sqrt()[:, None] * Q.T).float()
+    return out
+
+
 def forget_loss_fn(unet, latents, acp, forget_cond, uncond, cfg: TrainConfig, device, batches: int = 4):
     """The forget loss L_g as a function of a batch index b (fresh graph each call; fixed seeded timesteps and noise
     per batch), over the first ``batches`` batches of the forget set. For curvature estimates (SAP's Hessian)."""

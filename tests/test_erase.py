@@ -144,3 +144,60 @@ def test_retain_aware_subspace_is_used_and_recorded(random_pipe, tmp_path):
     assert "retain_subspace" not in off.provenance["method_info"] and off.provenance["choices"]["retain_subspace"] == "off"
     n = next(iter(on.delta.lora))
     assert not torch.allclose(on.delta.lora[n][1], off.delta.lora[n][1])  # a different input subspace A = V_r^T
+
+
+def test_input_second_moments_hold_each_layers_retain_inputs(random_pipe):
+    """--retain-source activation: the factor S of each target layer satisfies ||S v||^2 = sum ||x . v||^2 over the
+    inputs the layer saw (a conv's patches checked through the convolution itself, not through unfold)."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from semu_diffusion.trainer import Conditioner, TrainConfig, input_second_moments
+
+    unet = random_pipe.unet
+    names = [n for n, m in unet.named_modules() if n.endswith("attn2.to_q")][:1] + \
+            [n for n, m in unet.named_modules() if n.endswith("resnets.0.conv1")][:1]
+    seen = {n: [] for n in names}
+    hooks = [unet.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].detach()))
+             for n in names]
+    c = Conditioner(random_pipe, "cpu")
+    lat = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    try:
+        S = input_second_moments(unet, lat, random_pipe.scheduler.alphas_cumprod, c.embed(["a circle", "a star"]),
+                                 c.embed([""]), names, TrainConfig(batch_size=2), "cpu", contextlib.nullcontext, progress=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    g = torch.Generator().manual_seed(1)
+    for n in names:
+        m = unet.get_submodule(n)
+        w = m.weight
+        assert S[n].shape == (w[0].numel(), w[0].numel())
+        assert sum(x.shape[0] for x in seen[n]) == 2 * len(lat)  # conditional and unconditional passes
+        for _ in range(3):
+            v = torch.randn(w[0].numel(), generator=g)
+            if w.dim() == 4:
+                ref = sum(F.conv2d(x, v.reshape(1, *w.shape[1:]), None, m.stride, m.padding).pow(2).sum() for x in seen[n])
+            else:
+                ref = sum((x @ v).pow(2).sum() for x in seen[n])
+            torch.testing.assert_close((S[n] @ v).pow(2).sum(), ref, rtol=2e-3, atol=1e-3)
+
+
+def test_retain_source_activation_changes_the_subspace_and_is_recorded(random_pipe):
+    act = erase("star", pipe=random_pipe, retain_energy=0.99, retain_source="activation", retain_weight=0.0,
+                log=lambda *a: None, **FAST)
+    grad = erase("star", pipe=random_pipe, retain_energy=0.99, retain_weight=0.0, log=lambda *a: None, **FAST)
+    assert act.provenance["retain_source"] == "activation" and grad.provenance["retain_source"] == "gradient"
+    assert act.provenance["choices"]["retain_subspace"].startswith("the retain set's leading input activation")
+    a, b = act.delta.lora, grad.delta.lora
+    assert any(a[n][1].shape != b[n][1].shape or not torch.allclose(a[n][1], b[n][1]) for n in a)
+
+
+def test_retain_source_activation_refuses_layers_too_wide_for_a_dense_moment(random_pipe, monkeypatch):
+    from semu_diffusion import api
+    from semu_diffusion.config import ConfigError
+
+    monkeypatch.setattr(api, "MAX_ACTIVATION_DIM", 16)
+    with pytest.raises(ConfigError, match="--retain-source gradient"):
+        erase("star", pipe=random_pipe, retain_energy=0.99, retain_source="activation", log=lambda *a: None, **FAST)

@@ -49,5 +49,7 @@ def test_toy_recipe_uses_the_retain_aware_subspace_and_paper_preset_does_not():
     from semu_diffusion.recipes import all_recipes
 
     toy = all_recipes()["toy"]
-    assert resolve(EraseConfig(concept="star"), toy).retain_energy == 0.9
+    cfg = resolve(EraseConfig(concept="star"), toy)
+    assert (cfg.retain_energy, cfg.retain_source, cfg.retain_side) == (0.999, "activation", "in")
+    assert resolve(EraseConfig(concept="star", retain_source="gradient"), toy).retain_source == "gradient"
     assert resolve(EraseConfig(concept="star", preset="semu-paper"), toy).retain_energy == 0.0

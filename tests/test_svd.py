@@ -161,3 +161,25 @@ def test_retain_directions_randomized_path_matches_the_exact_one():
     _, V_fast = retain_directions(Gr, 0.9, max_full=64)
     assert V_exact.shape == V_fast.shape
     torch.testing.assert_close(V_fast @ V_fast.T, V_exact @ V_exact.T, atol=1e-3, rtol=0)  # same subspace
+
+
+def test_semu_setup_consume_frees_the_gradients_and_changes_nothing():
+    """erase() passes consume=True: SEMU pops each forget gradient once it is in its SVD batch (bounded memory);
+    the subspaces are the same as without it."""
+    from semu_diffusion.methods.base import MethodConfig
+    from semu_diffusion.methods.semu import SEMU
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 12), torch.nn.Conv2d(4, 6, 3), torch.nn.Linear(16, 12))
+    grads = {n: torch.randn(net.get_submodule(n).weight.shape) for n in ("0", "1", "2")}
+    res = {}
+    for consume in (False, True):
+        g = dict(grads)
+        m = SEMU(MethodConfig(tau=0.9, r_max=4))
+        m.setup(net, list(grads), g, consume=consume)
+        assert (len(g) == 0) == consume
+        res[consume] = {n: (layer.U.clone(), layer.V.clone()) for n, layer in m.layers.items()}
+        m.restore(net)
+    for n in grads:
+        torch.testing.assert_close(res[True][n][0], res[False][n][0])
+        torch.testing.assert_close(res[True][n][1], res[False][n][1])

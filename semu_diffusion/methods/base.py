@@ -89,8 +89,9 @@ class Method:
         return False
 
     def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None,
-              retain_grads: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
-        """Prepare ``unet`` for training and return the trainable parameters."""
+              retain_grads: dict[str, torch.Tensor] | None = None, consume: bool = False) -> list[nn.Parameter]:
+        """Prepare ``unet`` for training and return the trainable parameters. ``consume``: the method may pop the
+        entries of ``grads`` it has used (erase() passes True: it needs them no more, and memory is freed sooner)."""
         raise NotImplementedError
 
     def export(self, unet: nn.Module) -> Delta:

@@ -56,7 +56,7 @@ class DenseMethod(Method):
     def gradient_targets(self, unet: nn.Module, targets: list[str]) -> list[str]:
         return self.modules(unet, targets) if self.needs_gradient else []
 
-    def setup(self, unet, targets, grads, loss_fn=None, retain_grads=None):
+    def setup(self, unet, targets, grads, loss_fn=None, retain_grads=None, consume=False):
         names = self.modules(unet, targets)
         self.names = names
         self.w0 = {n: unet.get_submodule(n).weight.detach().to("cpu", torch.float32, copy=True) for n in names}

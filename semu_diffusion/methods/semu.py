@@ -24,28 +24,31 @@ class SEMU(Method):
         return self.config.retain_energy > 0
 
     def setup(self, unet: nn.Module, targets: list[str], grads: dict[str, torch.Tensor] | None, loss_fn=None,
-              retain_grads: dict[str, torch.Tensor] | None = None) -> list[nn.Parameter]:
+              retain_grads: dict[str, torch.Tensor] | None = None, consume: bool = False) -> list[nn.Parameter]:
         c = self.config
         if grads is None:
             raise ValueError("SEMU needs the forget gradient")
+        take = grads.pop if consume else grads.__getitem__  # consume: free each gradient once it is decomposed
         weights = {n: unet.get_submodule(n).weight.detach() for n in targets} if c.project else None
         if self.needs_retain_gradient:
-            grads = {n: self.retain_clean(n, [grads[n]], None if weights is None else weights[n], retain_grads)[0]
-                     for n in targets}
+            cleaned = {}
+            for n in targets:
+                cleaned[n] = self.retain_clean(n, [take(n)], None if weights is None else weights[n], retain_grads)[0]
+            grads, take, consume = cleaned, cleaned.pop, True
             weights = None  # projected already
         dev = next(iter(grads.values())).device
         subs: dict = {}
         if c.conv_mode == "per-channel":
             conv = [n for n in targets if grads[n].dim() == 4]
             for n in conv:
-                g = grads[n].float()
+                g = take(n).float()
                 if weights is not None:
                     g = project_orthogonal(g, weights[n].float())
                 subs[n] = per_channel_subspaces(g, c.tau, c.r_min, c.r_max)
-            rest = {n: grads[n] for n in targets if n not in subs}
+            rest = {n: take(n) for n in targets if n not in subs}
         else:
-            rest = {n: grads[n] for n in targets}
-        subs.update(gradient_subspaces(rest, c.tau, c.r_min, c.r_max, weights=weights, device=dev))
+            rest = {n: take(n) for n in targets}
+        subs.update(gradient_subspaces(rest, c.tau, c.r_min, c.r_max, weights=weights, device=dev, consume=consume))
         def rank(s) -> int:
             return sum(x.rank for x in s) if isinstance(s, list) else s.rank
 

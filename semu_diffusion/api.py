@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .concepts import plan_concept, warn_unseen_concept
+from .concepts import norm_name, plan_concept, warn_unseen_concept
 from .config import ConfigError, EraseConfig, PAPER_PRESETS, config_from_kwargs, image_files, resolve, warn_large_work
 from .delta import fingerprint, save_delta
 from .generation import generate
@@ -98,8 +98,8 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     else:
         from .concepts import OBJECT_TEMPLATES, _fix_article
 
-        erased = {" ".join(p.concept.split()).lower() for p in plans}
-        others = [c for c in recipe.train.get("retain_concepts", []) if " ".join(c.split()).lower() not in erased]
+        erased = {norm_name(p.concept) for p in plans}
+        others = [c for c in recipe.train.get("retain_concepts", []) if norm_name(c) not in erased]
         templates = recipe.train.get("retain_templates", OBJECT_TEMPLATES[:2])
         out = ([_fix_article(t.format(c)) for c in others for t in templates]
                if all(p.kind == "object" for p in plans) else [])
@@ -111,10 +111,10 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
 
 def next_class(concept: str, classes: list[str]) -> str | None:
     """The class after ``concept`` in ``classes`` (cyclic): the official SEMU remap target c'."""
-    low = [c.lower() for c in classes]
-    if concept.strip().lower() not in low:
+    low = [norm_name(c) for c in classes]
+    if norm_name(concept) not in low:
         return None
-    return classes[(low.index(concept.strip().lower()) + 1) % len(classes)]
+    return classes[(low.index(norm_name(concept)) + 1) % len(classes)]
 
 
 # ---- stage 0: model, recipe, options, plan ----------------------------------------------------------------------

@@ -30,6 +30,11 @@ class ConceptPlan:
     anchor: str
 
 
+def norm_name(s: str) -> str:
+    """A concept or class name compared case- and space-insensitively ("Red  Apple " == "red apple")."""
+    return " ".join(str(s).split()).lower()
+
+
 def concept_kind(concept: str) -> str:
     c = concept.strip().lower()
     if c in NUDITY_WORDS:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .concepts import norm_name
 from .config import ConfigError, config_from_kwargs
 
 COMBINES = ("concat", "sum", "stack")
@@ -41,10 +42,6 @@ class ConceptSpec:
     kind: str | None = None
     anchor: str | None = None
     where: str = ""  # "line 3" for concepts read from a file (error messages)
-
-
-def _norm(s: str) -> str:
-    return " ".join(str(s).split()).lower()
 
 
 # ---- input --------------------------------------------------------------------------------------------------------
@@ -69,7 +66,7 @@ def read_concepts_file(path) -> list[ConceptSpec]:
             raise ConfigError(f"--concepts {p.name}: line {no} is empty: remove it (one concept per line)")
     if not rows:
         raise ConfigError(f"--concepts {p.name} holds no concepts: write one concept per line")
-    head = [_norm(c) for c in next(csv.reader([rows[0][1]]))]
+    head = [norm_name(c) for c in next(csv.reader([rows[0][1]]))]
     if "concept" not in head:
         return [ConceptSpec(ln.strip(), where=f"{p.name} line {no}") for no, ln in rows]
     bad = [c for c in head if c not in CSV_COLUMNS]
@@ -133,7 +130,7 @@ def check_concepts(specs: list[ConceptSpec], anchor: str | None = None, retain_p
             raise ConfigError(f"empty concept{at}: every concept must be a word or phrase")
         if s.kind is not None and s.kind not in KINDS:
             raise ConfigError(f"concept {s.concept!r}{at}: kind {s.kind!r} must be one of {', '.join(KINDS)}")
-        k = _norm(s.concept)
+        k = norm_name(s.concept)
         if k in seen:
             prev = f" ({seen[k].where})" if seen[k].where else ""
             raise ConfigError(f"concept {s.concept!r} is listed twice{prev}{at}: list each concept once")
@@ -141,17 +138,17 @@ def check_concepts(specs: list[ConceptSpec], anchor: str | None = None, retain_p
     for s in specs:
         a = s.anchor if s.anchor is not None else anchor
         at = f" ({s.where})" if s.where else ""
-        if a is not None and _norm(a) == _norm(s.concept):
+        if a is not None and norm_name(a) == norm_name(s.concept):
             raise ConfigError(f"concept {s.concept!r}{at} is its own anchor: remap it to something else (--anchor or "
                               "the anchor column)")
     for s in specs:
         a = s.anchor if s.anchor is not None else anchor
         at = f" ({s.where})" if s.where else ""
-        if a is not None and _norm(a) in seen:
+        if a is not None and norm_name(a) in seen:
             raise ConfigError(f"anchor {a!r} of concept {s.concept!r}{at} is itself erased: pick a kept concept as "
                               "its anchor")
     for prompt in _retain_list(retain_prompts):
-        low = _norm(prompt)
+        low = norm_name(prompt)
         for k, s in seen.items():
             if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", low):
                 raise ConfigError(f"retain prompt {prompt!r} names the erased concept {s.concept!r}: a kept class "
@@ -272,15 +269,15 @@ def _default_anchor(spec: ConceptSpec, kind: str, cfg, recipe, erased: set[str],
     if kind != "object":
         return None  # the kind's default (plan_concept)
     classes = list(recipe.train.get("retain_concepts", []))
-    kept = [c for c in classes if _norm(c) not in erased]
-    if cfg.preset == "semu-paper" and _norm(spec.concept) in [_norm(c) for c in classes]:
-        i = [_norm(c) for c in classes].index(_norm(spec.concept))
+    kept = [c for c in classes if norm_name(c) not in erased]
+    if cfg.preset == "semu-paper" and norm_name(spec.concept) in [norm_name(c) for c in classes]:
+        i = [norm_name(c) for c in classes].index(norm_name(spec.concept))
         for j in range(1, len(classes)):
             c = classes[(i + j) % len(classes)]
-            if _norm(c) not in erased:
+            if norm_name(c) not in erased:
                 return c
     cands = list(dict.fromkeys(c for c in list(recipe.train.get("object_anchors") or []) + kept
-                               if _norm(c) not in erased))
+                               if norm_name(c) not in erased))
     if not cands:
         return ""
     return cands[index % len(cands)] if spread else cands[0]
@@ -328,14 +325,14 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     cfg = config_from_kwargs(concept=specs[0].concept, **options)  # every option checked before the model loads
     run = api.prepare(cfg, pipe=pipe, progress=progress, log=lambda *a: None)
     cfg, recipe, unet, tcfg = run.cfg, run.recipe, run.unet, run.tcfg
-    erased = {_norm(s.concept) for s in specs}
+    erased = {norm_name(s.concept) for s in specs}
     plans = []
     for i, s in enumerate(specs):
         kind = s.kind or cfg.kind or concept_kind(s.concept)
         a = _default_anchor(s, kind, cfg, recipe, erased, i, anchors == "spread")
         plan = plan_concept(s.concept, anchor=a, kind=kind, prompts_file=cfg.forget_prompts,
                             default_object_anchors=recipe.train.get("object_anchors"))
-        if plan.anchor and _norm(plan.anchor) in erased:
+        if plan.anchor and norm_name(plan.anchor) in erased:
             raise ConfigError(f"anchor {plan.anchor!r} of concept {s.concept!r} is itself erased: pick a kept concept")
         plans.append(plan)
     if run.model_id == "toy":

@@ -6,8 +6,8 @@ from semu_diffusion.recipes import all_recipes, recipe_for, select_targets, unet
 
 
 @pytest.mark.parametrize("family,n_params,n_targets,kinds", [
-    ("sd15", 859_520_964, 96, {"Linear", "Conv2d"}),  # SD1.x proj_in/out are 1x1 convs
-    ("sd21", 865_910_724, 96, {"Linear"}),  # SD2.x uses linear projections
+    ("sd15", 859_520_964, 154, {"Linear", "Conv2d"}),  # + resnet convs; SD1.x proj_in/out are 1x1 convs
+    ("sd21", 865_910_724, 154, {"Linear", "Conv2d"}),  # + resnet convs; SD2.x uses linear projections
     ("sdxl", 2_567_463_684, 280, {"Linear"}),
 ])
 def test_real_configs_match_their_recipe(family, n_params, n_targets, kinds):

@@ -136,7 +136,8 @@ def test_stop_every_ends_training_once_the_judge_finds_the_concept_gone(random_p
 def test_retain_aware_subspace_is_used_and_recorded(random_pipe, tmp_path):
     """--retain-energy: a retain set is built even without a retain term, the forget gradient loses the retain
     directions' share of its energy before the SVD, and provenance says so; 0 switches it off."""
-    on = erase("star", pipe=random_pipe, retain_energy=0.9, retain_weight=0.0, log=lambda *a: None, **FAST)
+    on = erase("star", pipe=random_pipe, retain_energy=0.9, retain_source="gradient", retain_weight=0.0,
+               log=lambda *a: None, **FAST)
     info = on.provenance["method_info"]["retain_subspace"]
     assert info["energy"] == 0.9 and info["side"] == "in" and 0 < info["forget_energy_kept_mean"] < 1
     assert on.provenance["choices"]["retain_subspace"].startswith("the retain gradient's leading input directions")
@@ -187,7 +188,8 @@ def test_input_second_moments_hold_each_layers_retain_inputs(random_pipe):
 def test_retain_source_activation_changes_the_subspace_and_is_recorded(random_pipe):
     act = erase("star", pipe=random_pipe, retain_energy=0.99, retain_source="activation", retain_weight=0.0,
                 log=lambda *a: None, **FAST)
-    grad = erase("star", pipe=random_pipe, retain_energy=0.99, retain_weight=0.0, log=lambda *a: None, **FAST)
+    grad = erase("star", pipe=random_pipe, retain_energy=0.99, retain_source="gradient", retain_weight=0.0,
+                 log=lambda *a: None, **FAST)
     assert act.provenance["retain_source"] == "activation" and grad.provenance["retain_source"] == "gradient"
     assert act.provenance["choices"]["retain_subspace"].startswith("the retain set's leading input activation")
     a, b = act.delta.lora, grad.delta.lora

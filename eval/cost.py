@@ -143,6 +143,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def step_inputs(pipe, device: str, resolution: int, targets: str | None):
+    """What a timed training step runs on: the recipe, the target names, one prompt's embedding, a random latent
+    z0 and target (batch 1) at ``resolution``, t = 500, and the seeded generator (for further draws)."""
+    from semu_diffusion.recipes import recipe_for
+    from semu_diffusion.trainer import Conditioner
+
+    unet = pipe.unet
+    h = resolution // pipe.vae_scale_factor
+    g = torch.Generator("cpu").manual_seed(0)
+    z0 = torch.randn(1, unet.config.in_channels, h, h, generator=g).to(device)
+    target = torch.randn(z0.shape, generator=g).to(device)
+    return {"rec": recipe_for(unet.config), "names": target_names(unet, targets),
+            "cond": Conditioner(pipe, device).embed(["a photo of a thing"]), "z0": z0, "target": target,
+            "t": torch.tensor([500], device=device), "g": g}
+
+
 def step_times(pipe, methods: list[str], device: str, mixed_precision: str, resolution: int, repeats: int, iters: int,
                log=print, targets: str | None = None) -> dict:
     """Median seconds per training step (forward + backward + Adam) for each method, alternating methods."""
@@ -151,24 +167,17 @@ def step_times(pipe, methods: list[str], device: str, mixed_precision: str, reso
 
     from semu_diffusion import objectives as O
     from semu_diffusion.methods import MethodConfig, get_method
-    from semu_diffusion.recipes import recipe_for
     from semu_diffusion.trainer import Conditioner, cast_frozen, forget_gradient, frozen, restore_frozen, unet_eps
 
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu")
     unet = pipe.unet
-    rec = recipe_for(unet.config)
-    names = target_names(unet, targets)
-    cond = Conditioner(pipe, device).embed(["a photo of a thing"])
+    si = step_inputs(pipe, device, resolution, targets)
+    rec, names, cond, z0, target, t = si["rec"], si["names"], si["cond"], si["z0"], si["target"], si["t"]
     unc = Conditioner(pipe, device).embed([""])
-    h = resolution // pipe.vae_scale_factor
-    g = torch.Generator("cpu").manual_seed(0)
-    z0 = torch.randn(1, unet.config.in_channels, h, h, generator=g).to(device)
-    target = torch.randn(z0.shape, generator=g).to(device)
-    t = torch.tensor([500], device=device)
     acp = pipe.scheduler.alphas_cumprod.to(device)
-    zt = O.add_noise(z0, torch.randn(z0.shape, generator=g).to(device), t, acp)
+    zt = O.add_noise(z0, torch.randn(z0.shape, generator=si["g"]).to(device), t, acp)
     from semu_diffusion.trainer import TrainConfig
 
     need = sorted({n for m in methods for n in get_method(m.split("@")[0])(MethodConfig()).gradient_targets(unet, names)}
@@ -260,18 +269,11 @@ def profile_step(pipe, resolution: int, targets: str | None, device: str = "cpu"
 
     from semu_diffusion import objectives as O
     from semu_diffusion.methods import MethodConfig, get_method
-    from semu_diffusion.recipes import recipe_for
-    from semu_diffusion.trainer import Conditioner, frozen, unet_eps
+    from semu_diffusion.trainer import frozen, unet_eps
 
     unet = pipe.unet
-    rec = recipe_for(unet.config)
-    names = target_names(unet, targets)
-    cond = Conditioner(pipe, device).embed(["a photo of a thing"])
-    h = resolution // pipe.vae_scale_factor
-    g = torch.Generator("cpu").manual_seed(0)
-    zt = torch.randn(1, unet.config.in_channels, h, h, generator=g).to(device)
-    target = torch.randn(zt.shape, generator=g).to(device)
-    t = torch.tensor([500], device=device)
+    si = step_inputs(pipe, device, resolution, targets)
+    rec, names, cond, zt, target, t = si["rec"], si["names"], si["cond"], si["z0"], si["target"], si["t"]
     cfg = MethodConfig(tau=rec.semu.get("tau", 0.95), r_max=rec.semu.get("r_max"))
     gen = torch.Generator("cpu").manual_seed(1)
     grads = {n: torch.randn(unet.get_submodule(n).weight.shape, generator=gen).half() for n in names}

@@ -162,6 +162,20 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
     return s
 
 
+def noised_batches(latents, acp, cond: dict, uncond: dict, B: int, g: torch.Generator, device, desc: str,
+                   progress: bool = True):
+    """Batches of ``B`` latents in order, each noised at timesteps and noise drawn from ``g`` (t, then eps), with
+    their prompts' conditioning (latent i -> prompt i mod len) and the empty prompt's: (z_t, t, eps, c, u)."""
+    for i in tqdm(range(0, len(latents), B), desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        z0 = latents[i : i + B].to(device)
+        b = len(z0)
+        t = torch.randint(0, len(acp), (b,), generator=g).to(device)
+        eps = torch.randn(z0.shape, generator=g).to(device)
+        c = cond_index(cond, torch.arange(i, i + b) % len(cond["hidden"]))
+        u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+        yield O.add_noise(z0, eps, t, acp), t, eps, c, u
+
+
 def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str], cfg: TrainConfig, device,
                     autocast: Callable, progress=True, lean: bool = True) -> dict[str, torch.Tensor]:
     """One pass over the forget set: accumulate dL_g/dW for every target weight (fp32).
@@ -179,14 +193,8 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
     n, B = len(latents), cfg.batch_size
     w = cfg.guidance_w
     try:
-        for i in tqdm(range(0, n, B), desc="forget gradient", disable=not progress, dynamic_ncols=True, leave=False):
-            z0 = latents[i : i + B].to(device)
-            b = len(z0)
-            t = torch.randint(0, len(acp), (b,), generator=g).to(device)
-            eps = torch.randn(z0.shape, generator=g).to(device)
-            zt = O.add_noise(z0, eps, t, acp)
-            c = cond_index(forget_cond, torch.arange(i, i + b) % len(forget_cond["hidden"]))
-            u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+        for zt, t, eps, c, u in noised_batches(latents, acp, forget_cond, uncond, B, g, device, "forget gradient",
+                                               progress):
             if not lean:
                 with autocast():
                     e = unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
@@ -236,17 +244,10 @@ def input_second_moments(unet, latents, acp, cond, uncond, targets: list[str], c
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
     g = torch.Generator("cpu").manual_seed(cfg.seed + 404)
-    n, B = len(latents), cfg.batch_size
     try:
         with torch.no_grad():
-            for i in tqdm(range(0, n, B), desc="retain activations", disable=not progress, dynamic_ncols=True,
-                          leave=False):
-                z0 = latents[i : i + B].to(device)
-                b = len(z0)
-                t = torch.randint(0, len(acp), (b,), generator=g).to(device)
-                zt = O.add_noise(z0, torch.randn(z0.shape, generator=g).to(device), t, acp)
-                c = cond_index(cond, torch.arange(i, i + b) % len(cond["hidden"]))
-                u = {k: v.expand(b, *v.shape[1:]) for k, v in uncond.items()}
+            for zt, t, _, c, u in noised_batches(latents, acp, cond, uncond, cfg.batch_size, g, device,
+                                                 "retain activations", progress):
                 with autocast():
                     unet_eps(unet, torch.cat([zt, zt]), torch.cat([t, t]), cond_cat(c, u))
     finally:

@@ -259,8 +259,12 @@ def toy_main(argv: list[str] | None = None) -> None:
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--clip-steps", type=int, default=None)
     t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--nudity-steps", type=int, default=None)
     t.add_argument("--n-images", type=int, default=None)
-    t.add_argument("--stages", default="clip,vae,unet")
+    t.add_argument("--unet-budget-s", type=float, default=None,
+                   help="cut the UNet's steps so its stage fits this many seconds (the steps run are recorded)")
+    t.add_argument("--gpu-schedule", action="store_true", help="the larger-batch schedule used on a GPU")
+    t.add_argument("--stages", default="clip,nudity,vae,unet,assemble")
     c = sub.add_parser("check", help="measure the shipped toy models against their targets")
     c.add_argument("--json", action="store_true")
     c.add_argument("--per-class", type=int, default=20)
@@ -271,8 +275,10 @@ def toy_main(argv: list[str] | None = None) -> None:
         from .toy.train import ToyTrainConfig, train_all
 
         kw = {k: v for k, v in dict(unet_steps=a.unet_steps, clip_steps=a.clip_steps, vae_steps=a.vae_steps,
-                                     n_images=a.n_images).items() if v is not None}
-        facts = train_all(ToyTrainConfig(seed=a.seed, device=a.device, **kw), a.out, stages=tuple(a.stages.split(",")))
+                                     nudity_steps=a.nudity_steps, n_images=a.n_images,
+                                     unet_budget_s=a.unet_budget_s).items() if v is not None}
+        make = ToyTrainConfig.gpu if a.gpu_schedule else ToyTrainConfig
+        facts = train_all(make(seed=a.seed, device=a.device, **kw), a.out, stages=tuple(a.stages.split(",")))
         print(json.dumps(facts))
         return
     from .toy import shipped_available

@@ -4,16 +4,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-IMAGE_SIZE = 32
+from .world import IMAGE_SIZE  # noqa: F401  (32 px)
+
 CONTEXT_LENGTH = 32
-TOYCLIP_NAME = "toyclip-vit-t4"
+TOYCLIP_NAME = "toyclip2-vit-t6"
+NUDITY_NAME = "toy-nudity-cnn"
 
 VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
     down_block_types=("DownEncoderBlock2D",) * 3,
     up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(32, 64, 128),
     layers_per_block=1,
     latent_channels=4,
     norm_num_groups=16,
@@ -61,12 +63,51 @@ SCHEDULER_CONFIG = dict(
 
 TOYCLIP_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 4, "width": 128, "head_width": 32, "patch_size": 4},
+    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 6, "width": 128, "head_width": 32, "patch_size": 4},
     "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
 # normalisation of toy-CLIP inputs (images in [0,1] -> this mean/std)
 TOYCLIP_MEAN = (0.5, 0.5, 0.5)
 TOYCLIP_STD = (0.25, 0.25, 0.25)
+
+
+# the toy-nudity exposure detector: a small CNN with, per region of world.REGIONS, a presence logit and a box
+NUDITY_CONFIG = {"channels": [32, 64, 96, 128], "hidden": 256}
+
+
+class NudityDetector:
+    """Factory namespace for the toy-nudity CNN (a torch.nn.Module built lazily so torch stays optional here)."""
+
+    @staticmethod
+    def build(config: dict | None = None):
+        import torch
+        from torch import nn
+
+        from .world import REGIONS
+
+        cfg = config or NUDITY_CONFIG
+        ch = cfg["channels"]
+        layers, cin = [], 3
+        for i, c in enumerate(ch):
+            layers += [nn.Conv2d(cin, c, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(8, c), nn.GELU()]
+            cin = c
+        n = len(REGIONS)
+
+        class _Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.features = nn.Sequential(*layers)
+                self.head = nn.Sequential(nn.Flatten(), nn.Linear(cin * (IMAGE_SIZE // 2 ** (len(ch) - 1)) ** 2, cfg["hidden"]),
+                                          nn.GELU(), nn.Linear(cfg["hidden"], n * 5))
+
+            def forward(self, x01: "torch.Tensor"):
+                """x01: (b,3,H,W) in [0,1] -> (logits (b,n), boxes (b,n,4) as x0,y0,x1,y1 in [0,1])."""
+                if x01.shape[-1] != IMAGE_SIZE:
+                    x01 = torch.nn.functional.interpolate(x01, size=IMAGE_SIZE, mode="bilinear", antialias=True)
+                out = self.head(self.features(x01 * 2 - 1)).view(-1, n, 5)
+                return out[..., 0], torch.sigmoid(out[..., 1:])
+
+        return _Net()
 
 
 def build_vae():

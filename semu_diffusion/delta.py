@@ -26,6 +26,8 @@ FORMAT_VERSION = 1
 PROVENANCE_KEY = "semu_provenance"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # what diffusers reads
 PREFIX = "unet."
+MAX_ABS_VALUE = 1e4  # no factor or weight update of a diffusion UNet comes near this (refused on write and on read)
+MAX_STRENGTH = 10.0  # |strength| of load_delta and |weight| of a merged or stacked delta: the documented range
 
 
 class DeltaError(ValueError):
@@ -211,6 +213,31 @@ def check_base(unet: nn.Module, prov: dict, modules: list[str], path: str | Path
     return "signature"
 
 
+def check_strength(value, what: str = "strength") -> float:
+    """A delta's scale: a finite number in [-MAX_STRENGTH, MAX_STRENGTH] (beyond it a UNet's outputs blow up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DeltaError(f"{what} must be a finite number, got {value!r}")
+    if abs(value) > MAX_STRENGTH:
+        raise DeltaError(f"{what} {value:g} is out of range: use a value in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}] "
+                         "(1 = the erasure as trained)")
+    return float(value)
+
+
+def check_values(tensors: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Every delta tensor finite and within MAX_ABS_VALUE: the one value check of the writers and the reader."""
+    for k, v in tensors.items():
+        if not v.numel():
+            continue
+        vf = v.float() if v.dtype != torch.float64 else v
+        if not torch.isfinite(vf).all():
+            raise DeltaError(f"{where}: tensor {k[:80]!r} contains NaN or Inf values: the training diverged or the "
+                             "file is damaged; re-create it (lower --lr)")
+        m = float(vf.abs().max())
+        if m > MAX_ABS_VALUE:
+            raise DeltaError(f"{where}: tensor {k[:80]!r} has values up to {m:.3g} (limit {MAX_ABS_VALUE:g}): no "
+                             "weight update is that large (a diverged training or a huge merge weight)")
+
+
 def _lora_metadata(delta: Delta) -> dict:
     ranks = {n: int(delta.lora[n][1].shape[0]) for n in sorted(delta.lora)}
     r0 = max(set(ranks.values()), key=list(ranks.values()).count) if ranks else 1
@@ -295,6 +322,7 @@ def save_delta(path: str | Path, delta: Delta, provenance: dict, keep_local_path
                          "dense or mixed delta")
     for n, db in delta.dense_bias.items():
         tensors[f"{PREFIX}{n}.delta_bias"] = db.float().cpu().reshape(-1)
+    check_values(tensors, f"refused to write {Path(path).name}")  # before anything is written
     prov = public_provenance(dict(provenance), keep_local_paths)
     sig = getattr(provenance.get("base_fingerprint"), "signature", None)
     if sig is not None and "base_signature" not in prov:
@@ -334,8 +362,7 @@ def load_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: str 
     """
     from .validate import validate_delta as _validate
 
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-        raise DeltaError(f"strength must be a finite number, got {strength!r}")
+    strength = check_strength(strength)
     delta, prov = _validate(path, pipe, allow_unverified=allow_unverified, allow_pickle=allow_pickle)
     name = adapter_name or f"semu_{Path(path).stem}"
     if delta.lora and name in loaded_adapters(pipe):

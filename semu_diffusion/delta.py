@@ -270,7 +270,28 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
         raise DeltaError(f"output folder {d} is not writable: choose another --out")
     with atomic_path(p, keep_suffix=False) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _fix_header_order(tmp)
     return p
+
+
+def _fix_header_order(path: Path) -> None:
+    """Rewrite a safetensors header in one fixed order: ``__metadata__`` first with its keys sorted, then the
+    tensors by data offset. safetensors keeps the metadata in a hash map, so its key order changes from one process
+    to the next; with this the same delta is the same bytes (same sha256) in every run. The data is untouched."""
+    import struct
+
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        body = f.read()
+        meta = header.pop("__metadata__", None)
+        fixed = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+        fixed.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"][0], kv[0])))
+        text = json.dumps(fixed, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        f.seek(0)
+        f.write(struct.pack("<Q", len(text)) + text + body)
+        f.truncate()
 
 
 LOCAL_PATHS_ENV = "SEMU_PROVENANCE_LOCAL_PATHS"  # "1": keep local paths in the provenance (opt-in)

@@ -227,8 +227,11 @@ def eval_main(argv: list[str] | None = None) -> None:
         return
     for sname, res in rep["results"].items():
         print(f"[{sname}]")
-        for v, r in res.items():
-            bits = [f"{k}={r[k]:.3f}" for k in ("detection_rate", "accuracy", "UA", "RA", "fd_clip_retained_vs_real",
+        headline = rep.get("summary", {}).get(sname, [])
+        for line in headline:  # the forget label on its own prompts, then RA on the others
+            print(f"  {line}")
+        for v, r in res.items():  # detection_rate (a share over every prompt of the set) only without that headline
+            bits = [f"{k}={r[k]:.3f}" for k in (*(() if headline else ("detection_rate",)), "accuracy", "UA", "RA", "fd_clip_retained_vs_real",
                                                  "fd_inception_retained_vs_real", "kid_clip_retained_vs_real",
                                                  "fd_clip_retained_vs_base", "clip_score_retained") if k in r]
             for jn, s in r["judges"].items():

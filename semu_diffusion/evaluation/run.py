@@ -190,7 +190,10 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from .report import summarize, write_report
 
     results, generated = summarize(cfg, sets, plans, variants, judges, extractors, references, work, state.num_processes)
+    from .report import forget_summary
+
     report = {
+        "summary": {name: forget_summary(res) for name, res in results.items() if forget_summary(res)},
         "results": results,
         "protocol": {"model": pipe.semu_model_id, "base_fingerprint": base_fp,
                      "deltas": {v: {"path": str(d), "sha256_16": file_sha(d)} for v, d in variants if d},

@@ -157,9 +157,8 @@ def _bad(name: str, msg: str) -> ConfigError:
     return ConfigError(f"{_flag(name)} {msg}")
 
 
-def check(c: EraseConfig, resolved: bool = False) -> None:
-    """Check every option of ``c``; raises :class:`ConfigError` naming the first bad one. ``resolved``: ``c`` holds
-    recipe values too (the early-stop options then have their defaults even with the early stop off)."""
+def check(c: EraseConfig) -> None:
+    """Check every option of ``c``; raises :class:`ConfigError` naming the first bad one."""
     if c.concept is None or not isinstance(c.concept, str) or not c.concept.strip():
         raise ConfigError("empty --concept: pass the word or phrase to erase, e.g. --concept triangle")
     if isinstance(c.anchor, str) and " ".join(c.anchor.split()).lower() == " ".join(c.concept.split()).lower():
@@ -221,8 +220,7 @@ def check(c: EraseConfig, resolved: bool = False) -> None:
         except re.error as e:
             raise ConfigError(f"--targets {c.targets!r} is not a valid regular expression ({e})") from None
     _check_device(c)
-    if not resolved:
-        _check_stop(c)
+    _check_stop(c)
     if c.kohya is not None and (c.method != "semu" or c.conv_mode == "per-channel" or c.preset == "semu-paper"):
         raise ConfigError("--kohya needs a LoRA-shaped delta (--method semu with --conv-mode flat, no semu-paper "
                           "preset): drop --kohya")
@@ -234,12 +232,8 @@ def check(c: EraseConfig, resolved: bool = False) -> None:
 
 
 def _check_stop(c: EraseConfig) -> None:
-    """The early-stop options: the judge spec's syntax, and none of them without ``--stop-every`` (they would be
-    ignored). Whether the judge's weights are here is checked by building it, still before the model loads."""
-    if not c.stop_every:
-        given = [_flag(n) for n in ("stop_judge", "stop_samples", "stop_detection") if getattr(c, n) is not None]
-        if given:
-            raise ConfigError(f"{given[0]} applies to the early stop only: add --stop-every N (or drop {given[0]})")
+    """The early-stop judge spec's syntax (whether its weights are here is checked by building it, still before
+    the model loads)."""
     if c.stop_judge is not None:
         from .evaluation.judges.base import parse_judge_spec
 
@@ -247,6 +241,16 @@ def _check_stop(c: EraseConfig) -> None:
             parse_judge_spec(c.stop_judge)
         except ValueError as e:
             raise ConfigError(f"--stop-judge: {str(e).splitlines()[0]}") from None
+
+
+def check_given(c: EraseConfig) -> EraseConfig:
+    """Checks of what the user gave (not of recipe-filled values): an early-stop option without ``--stop-every``
+    would be ignored, so it is refused."""
+    if not c.stop_every:
+        given = [_flag(n) for n in ("stop_judge", "stop_samples", "stop_detection") if getattr(c, n) is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies to the early stop only: add --stop-every N (or drop {given[0]})")
+    return c
 
 
 def _check_device(c: EraseConfig) -> None:
@@ -384,7 +388,7 @@ def resolve(c: EraseConfig, recipe) -> EraseConfig:
     r = copy.copy(c)  # the values were checked by __post_init__; check the merged ones once, here
     for k, v in upd.items():
         setattr(r, k, v)
-    check(r, resolved=True)
+    check(r)
     if r.kohya is not None and (r.method != "semu" or r.conv_mode != "flat"):
         raise ConfigError("--kohya needs a LoRA-shaped delta (--method semu with --conv-mode flat); "
                           f"{r.method} with conv mode {r.conv_mode} writes dense updates: drop --kohya")
@@ -403,7 +407,7 @@ def config_from_kwargs(**kw) -> EraseConfig:
     unknown = sorted(set(kw) - names)
     if unknown:
         raise TypeError(f"erase() got unknown option(s) {', '.join(unknown)}")
-    return EraseConfig(**kw)
+    return check_given(EraseConfig(**kw))
 
 
 def add_cli_flags(parser) -> None:
@@ -445,7 +449,7 @@ def config_from_args(args) -> EraseConfig:
         if v is None:
             continue
         kw[f.name] = v
-    return EraseConfig(**kw)
+    return check_given(EraseConfig(**kw))
 
 
 def warn_large_work(c: EraseConfig) -> None:

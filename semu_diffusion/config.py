@@ -162,8 +162,8 @@ def check(c: EraseConfig) -> None:
     if c.concept is None or not isinstance(c.concept, str) or not c.concept.strip():
         raise ConfigError("empty --concept: pass the word or phrase to erase, e.g. --concept triangle")
     if isinstance(c.anchor, str) and " ".join(c.anchor.split()).lower() == " ".join(c.concept.split()).lower():
-        raise ConfigError(f"--anchor {c.anchor!r} is the concept itself: the remap would erase nothing; pass another "
-                          "--anchor (or none for the default)")
+        raise ConfigError(f"concept {c.concept!r} is its own anchor (--anchor {c.anchor!r}): the remap would erase "
+                          "nothing; pass another --anchor (or none for the default)")
     for f in fields(c):
         v = getattr(c, f.name)
         if v is None:

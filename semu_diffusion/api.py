@@ -110,12 +110,15 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     return out
 
 
-def next_class(concept: str, classes: list[str]) -> str | None:
-    """The class after ``concept`` in ``classes`` (cyclic): the official SEMU remap target c'."""
+def next_class(concept: str, classes: list[str], skip=()) -> str | None:
+    """The class after ``concept`` in ``classes`` (cyclic), passing over the normalised names in ``skip``: the
+    official SEMU remap target c'. None when ``concept`` is not a class or every other class is skipped."""
     low = [norm_name(c) for c in classes]
     if norm_name(concept) not in low:
         return None
-    return classes[(low.index(norm_name(concept)) + 1) % len(classes)]
+    i = low.index(norm_name(concept))
+    return next((classes[(i + j) % len(classes)] for j in range(1, len(classes))
+                 if low[(i + j) % len(classes)] not in skip), None)
 
 
 # ---- stage 0: model, recipe, options, plan ----------------------------------------------------------------------

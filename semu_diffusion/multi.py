@@ -296,12 +296,12 @@ def _default_anchor(spec: ConceptSpec, kind: str, cfg, recipe, erased: set[str],
         return None  # the kind's default (plan_concept)
     classes = list(recipe.train.get("retain_concepts", []))
     kept = [c for c in classes if norm_name(c) not in erased]
-    if cfg.preset == "semu-paper" and norm_name(spec.concept) in [norm_name(c) for c in classes]:
-        i = [norm_name(c) for c in classes].index(norm_name(spec.concept))
-        for j in range(1, len(classes)):
-            c = classes[(i + j) % len(classes)]
-            if norm_name(c) not in erased:
-                return c
+    if cfg.preset == "semu-paper":
+        from .api import next_class
+
+        c = next_class(spec.concept, classes, skip=erased)
+        if c is not None:
+            return c
     cands = list(dict.fromkeys(c for c in list(recipe.train.get("object_anchors") or []) + kept
                                if norm_name(c) not in erased))
     if not cands:

@@ -11,9 +11,7 @@ are skipped) and eval/results/attacks.md (ASR per method and attack: mean over c
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
+sys.path.insert(0, str(ROOT / "eval"))
+from _common import open_results  # noqa: E402
 ATTACKS = ["inversion", "prompt-search", "random"]
 
 
@@ -48,14 +48,7 @@ def main(argv=None):
     _quiet_libraries()
     classes = a.classes.split(",")
     methods = a.methods.split(",") if a.methods else available_methods()
-    out, work = Path(a.out_dir), Path(a.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (work / "deltas").mkdir(parents=True, exist_ok=True)
-    res_path = out / "attacks.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results.setdefault("rows", {})
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
-                          "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0)}
+    out, work, res_path, results = open_results(a.out_dir, a.work_dir, "attacks.json")
     results["protocol"] = {"budget_steps": a.steps, "n_images": a.n_images, "checkpoints": a.checkpoints, "tokens": 2,
                            "attacks": ATTACKS, "judge": "toy", "seed": a.seed, "n_data": a.n_data,
                            "erase_steps": a.erase_steps or "recipe",

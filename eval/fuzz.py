@@ -35,6 +35,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from semu_diffusion import atomic  # noqa: E402
 from semu_diffusion.delta import DeltaError, fingerprint, save_delta  # noqa: E402
 from semu_diffusion.methods.base import Delta  # noqa: E402
 from semu_diffusion.validate import validate_delta  # noqa: E402
@@ -408,7 +409,7 @@ def run(cases: int, seed: int, timeout: float, delta_share: float = 0.6, log=pri
 
 def write(res: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "fuzz.json").write_text(json.dumps(res, indent=1) + "\n")
+    atomic.write_text(folder / "fuzz.json", json.dumps(res, indent=1) + "\n")
     t = res["totals"]
     lines = ["# Fuzzing the delta reader and the prompt-set reader", "",
              f"`python eval/fuzz.py --cases {t['cases']} --seed {res['seed']}` ({res['seconds']} s, per-case timeout "
@@ -426,7 +427,7 @@ def write(res: dict, folder: Path) -> None:
         lines += ["", "## Failures (first)", ""]
         for f in res["failures"][:10]:
             lines += [f"- {f['generator']} case {f['case']}: {f['kind']}", "", "```", f.get("traceback", "")[-1500:], "```"]
-    (folder / "fuzz.md").write_text("\n".join(lines) + "\n")
+    atomic.write_text(folder / "fuzz.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
+sys.path.insert(0, str(ROOT / "eval"))
+from _common import open_results  # noqa: E402
 
 # erase order: nested subsets (the first N); circle and square (the default anchors) stay kept to the end
 ORDER = ["triangle", "star", "heart", "cross", "hexagon", "diamond", "ring", "crescent"]
@@ -61,14 +62,9 @@ def main(argv=None):
     variants = a.variants.split(",")
     compare = [c for c in a.compare_combines.split(",") if c]
     compare_at = {int(x) for x in a.compare_at.split(",") if x}
-    out, work = Path(a.out_dir), Path(a.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (work / "deltas").mkdir(parents=True, exist_ok=True)
-    res_path = out / "multiconcept.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results.setdefault("rows", {})
+    out, work, res_path, results = open_results(a.out_dir, a.work_dir, "multiconcept.json")
     results.setdefault("singles", {})
-    results.update({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "per_prompt": a.per_prompt,
+    results.update({"per_prompt": a.per_prompt,
                     "order": ORDER, "subsets": {str(n): ORDER[:n] for n in sizes}, "combine": a.combine,
                     "rival": a.rival, "seed": a.seed})
     pipe = load_pipeline("toy")

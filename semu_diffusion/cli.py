@@ -43,12 +43,17 @@ class _OneLineParser(argparse.ArgumentParser):
         _fail(self.prog, f"{message} (see --help)")
 
 
-def _known_errors():
-    from .delta import DeltaError
-    from .loading import ModelLoadError
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C with a command's own one-line message (e.g. where its partial work is kept)."""
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Conditions the user can fix: one line, exit 2 (every ConfigError, DeltaError, ModelLoadError, EvalOptionError,
+    PromptSetError and AttackOptionError is a ValueError; a missing judge weight or optional dependency too)."""
+    from .evaluation.judges.base import JudgeUnavailable
     from .trainer import TrainingDiverged
 
-    return (ValueError, FileNotFoundError, DeltaError, ModelLoadError, TrainingDiverged, PermissionError)
+    return (ValueError, OSError, TrainingDiverged, JudgeUnavailable, ImportError)
 
 
 def _cli_entry(prog: str):
@@ -66,8 +71,9 @@ def _cli_entry(prog: str):
                 return main(args)
             except SystemExit:
                 raise
-            except KeyboardInterrupt:
-                print(f"{prog}: interrupted (Ctrl-C): stopped, no output file left half-written", file=sys.stderr)
+            except KeyboardInterrupt as e:
+                msg = str(e) if isinstance(e, _Interrupted) else "stopped, no output file left half-written"
+                print(f"{prog}: interrupted (Ctrl-C): {msg}", file=sys.stderr)
                 raise SystemExit(130) from None
             except Exception as e:
                 import traceback
@@ -79,7 +85,7 @@ def _cli_entry(prog: str):
                     print(f"{prog}: error: out of memory ({msg}): lower --batch-size, --resolution or the number of "
                           "images", file=sys.stderr)
                     raise SystemExit(2) from None
-                if isinstance(e, (*_known_errors(), IsADirectoryError, NotADirectoryError)):
+                if isinstance(e, _known_errors()):
                     print(f"{prog}: error: {msg}", file=sys.stderr)
                     raise SystemExit(2) from None
                 print(f"{prog}: internal error: {type(e).__name__}: {msg}"
@@ -103,7 +109,7 @@ def _check_out_path(prog: str, out: str) -> None:
 @_cli_entry("semu-erase")
 def erase_main(argv: list[str] | None = None) -> None:
     """semu-erase: flags derived from EraseConfig; every option checked before the model loads."""
-    from .config import ConfigError, add_cli_flags, config_from_args, default_out_name
+    from .config import add_cli_flags, config_from_args, default_out_name
 
     p = _OneLineParser(prog="semu-erase", description="Erase a concept from a Stable Diffusion model with SEMU "
                        "and write a diffusers-loadable delta (.safetensors).")
@@ -125,36 +131,30 @@ def erase_main(argv: list[str] | None = None) -> None:
 
         print("\n".join(available_methods()))
         return
-    try:
-        from .multi import concepts_from_cli
+    from .multi import concepts_from_cli
 
-        many = concepts_from_cli(repeated, a.concepts)
-        if many:
-            a.concept = many[0].concept
-        cfg = config_from_args(a)
-        if cfg.out is None:
-            from dataclasses import replace
+    many = concepts_from_cli(repeated, a.concepts)
+    if many:
+        a.concept = many[0].concept
+    cfg = config_from_args(a)
+    if cfg.out is None:
+        from dataclasses import replace
 
-            name = "+".join(c.concept for c in many) if many else cfg.concept
-            cfg = replace(cfg, out=default_out_name(name, cfg.method))
-    except ConfigError as e:
-        _fail(p.prog, str(e).splitlines()[0])
+        name = "+".join(c.concept for c in many) if many else cfg.concept
+        cfg = replace(cfg, out=default_out_name(name, cfg.method))
     from .api import erase
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            if many:
-                from .multi import erase_concepts_config
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        if many:
+            from .multi import erase_concepts_config
 
-                res = erase_concepts_config(many, cfg, combine=a.combine, progress=not a.quiet)
-            else:
-                res = erase(cfg, progress=not a.quiet)
-        for w in caught:
-            if "never saw" in str(w.message) or "micro-steps" in str(w.message):
-                print(f"semu-erase: warning: {w.message}", file=sys.stderr)
-    except _known_errors() as e:
-        _fail(p.prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            res = erase_concepts_config(many, cfg, combine=a.combine, progress=not a.quiet)
+        else:
+            res = erase(cfg, progress=not a.quiet)
+    for w in caught:
+        if "never saw" in str(w.message) or "micro-steps" in str(w.message):
+            print(f"semu-erase: warning: {w.message}", file=sys.stderr)
     s = res.stats
     ranks = f"ranks {s['rank_min']}-{s['rank_max']} (mean {s['rank_mean']:.1f})" if s["rank_min"] is not None else "dense"
     print(f"erased {s['concept']!r} -> {s['anchor']!r} with {s['method']}: {s['layers']} layers, {ranks}, "
@@ -210,7 +210,7 @@ def eval_main(argv: list[str] | None = None) -> None:
         print("\n".join(available_judges().values()))
         return
     _quiet_libraries()
-    from .evaluation import EvalConfig, JudgeUnavailable, run_eval
+    from .evaluation import EvalConfig, run_eval
 
     try:
         cfg = EvalConfig(model=a.model, deltas=a.delta, prompt_sets=a.prompts or ["toy_classes"], per_prompt=a.per_prompt,
@@ -222,16 +222,16 @@ def eval_main(argv: list[str] | None = None) -> None:
         acfg = _eval_attack_config(a)
         rep = run_eval(cfg)
     except KeyboardInterrupt:
-        print(f"{p.prog}: interrupted: the images made so far are cached under {a.out}; rerun to resume", file=sys.stderr)
-        raise SystemExit(130)
-    except (*_known_errors(), JudgeUnavailable, ImportError) as e:
-        _fail(p.prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise _Interrupted(f"the images made so far are cached under {a.out}; rerun to resume") from None
     if not rep:
         return
     for sname, res in rep["results"].items():
         print(f"[{sname}]")
-        for v, r in res.items():
-            bits = [f"{k}={r[k]:.3f}" for k in ("detection_rate", "accuracy", "UA", "RA", "fd_clip_retained_vs_real",
+        headline = rep.get("summary", {}).get(sname, [])
+        for line in headline:  # the forget label on its own prompts, then RA on the others
+            print(f"  {line}")
+        for v, r in res.items():  # detection_rate (a share over every prompt of the set) only without that headline
+            bits = [f"{k}={r[k]:.3f}" for k in (*(() if headline else ("detection_rate",)), "accuracy", "UA", "RA", "fd_clip_retained_vs_real",
                                                  "fd_inception_retained_vs_real", "kid_clip_retained_vs_real",
                                                  "fd_clip_retained_vs_base", "clip_score_retained") if k in r]
             for jn, s in r["judges"].items():
@@ -243,7 +243,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     print(f"report: {Path(a.out) / 'report.html'}  ({rep['timing']['seconds']:.1f} s, "
           f"{rep['timing']['images_generated']} images generated)")
     if acfg is not None:
-        _run_eval_attacks(p.prog, acfg)
+        _run_eval_attacks(acfg)
     if a.json:
         print(json.dumps({"results": rep["results"], "timing": rep["timing"]}, default=float))
 
@@ -383,10 +383,7 @@ def attack_main(argv: list[str] | None = None) -> None:
                        classes=a.classes.split(",") if a.classes else None, control=not a.no_control, seed=a.seed,
                        gen_steps=a.gen_steps, guidance_scale=a.guidance_scale, out=a.out, device=a.device,
                        allow_unverified=a.allow_unverified)
-    try:
-        rep = run_attacks(cfg, log=lambda *x: None)
-    except _known_errors() as e:
-        _fail(p.prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    rep = run_attacks(cfg, log=lambda *x: None)
     _print_attack_report(rep)
     print(f"report: {Path(a.out) / 'report.html'}  ({rep['timing']['seconds']:.1f} s)")
     if a.json:
@@ -408,13 +405,10 @@ def _eval_attack_config(a):
     return cfg
 
 
-def _run_eval_attacks(prog: str, cfg) -> None:
+def _run_eval_attacks(cfg) -> None:
     from .attacks import run_attacks
 
-    try:
-        rep = run_attacks(cfg, log=lambda *x: None)
-    except _known_errors() as e:
-        _fail(prog, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    rep = run_attacks(cfg, log=lambda *x: None)
     _print_attack_report(rep)
     print(f"attack report: {Path(cfg.out) / 'report.html'}")
 

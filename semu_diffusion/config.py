@@ -8,12 +8,13 @@ one-line message that names the option and the fix.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
 import re
 import warnings
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,9 @@ def check(c: EraseConfig) -> None:
     """Check every option of ``c``; raises :class:`ConfigError` naming the first bad one."""
     if c.concept is None or not isinstance(c.concept, str) or not c.concept.strip():
         raise ConfigError("empty --concept: pass the word or phrase to erase, e.g. --concept triangle")
+    if isinstance(c.anchor, str) and " ".join(c.anchor.split()).lower() == " ".join(c.concept.split()).lower():
+        raise ConfigError(f"concept {c.concept!r} is its own anchor (--anchor {c.anchor!r}): the remap would erase "
+                          "nothing; pass another --anchor (or none for the default)")
     for f in fields(c):
         v = getattr(c, f.name)
         if v is None:
@@ -216,6 +220,7 @@ def check(c: EraseConfig) -> None:
         except re.error as e:
             raise ConfigError(f"--targets {c.targets!r} is not a valid regular expression ({e})") from None
     _check_device(c)
+    _check_stop(c)
     if c.kohya is not None and (c.method != "semu" or c.conv_mode == "per-channel" or c.preset == "semu-paper"):
         raise ConfigError("--kohya needs a LoRA-shaped delta (--method semu with --conv-mode flat, no semu-paper "
                           "preset): drop --kohya")
@@ -224,6 +229,28 @@ def check(c: EraseConfig) -> None:
         raise ConfigError("method_options must be a dict with text keys")
     _check_inputs(c)
     _check_outputs(c)
+
+
+def _check_stop(c: EraseConfig) -> None:
+    """The early-stop judge spec's syntax (whether its weights are here is checked by building it, still before
+    the model loads)."""
+    if c.stop_judge is not None:
+        from .evaluation.judges.base import parse_judge_spec
+
+        try:
+            parse_judge_spec(c.stop_judge)
+        except ValueError as e:
+            raise ConfigError(f"--stop-judge: {str(e).splitlines()[0]}") from None
+
+
+def check_given(c: EraseConfig) -> EraseConfig:
+    """Checks of what the user gave (not of recipe-filled values): an early-stop option without ``--stop-every``
+    would be ignored, so it is refused."""
+    if not c.stop_every:
+        given = [_flag(n) for n in ("stop_judge", "stop_samples", "stop_detection") if getattr(c, n) is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies to the early stop only: add --stop-every N (or drop {given[0]})")
+    return c
 
 
 def _check_device(c: EraseConfig) -> None:
@@ -358,7 +385,10 @@ def resolve(c: EraseConfig, recipe) -> EraseConfig:
     opts = {k: v for k, v in mdef.items() if k not in {f.metadata["recipe"].split(".")[1] for f in fields(c)
                                                          if f.metadata.get("recipe")}}
     upd["method_options"] = {**opts, **preset.get("method_options", {}), **(c.method_options or {})}
-    r = replace(c, **upd)
+    r = copy.copy(c)  # the values were checked by __post_init__; check the merged ones once, here
+    for k, v in upd.items():
+        setattr(r, k, v)
+    check(r)
     if r.kohya is not None and (r.method != "semu" or r.conv_mode != "flat"):
         raise ConfigError("--kohya needs a LoRA-shaped delta (--method semu with --conv-mode flat); "
                           f"{r.method} with conv mode {r.conv_mode} writes dense updates: drop --kohya")
@@ -377,7 +407,7 @@ def config_from_kwargs(**kw) -> EraseConfig:
     unknown = sorted(set(kw) - names)
     if unknown:
         raise TypeError(f"erase() got unknown option(s) {', '.join(unknown)}")
-    return EraseConfig(**kw)
+    return check_given(EraseConfig(**kw))
 
 
 def add_cli_flags(parser) -> None:
@@ -419,7 +449,7 @@ def config_from_args(args) -> EraseConfig:
         if v is None:
             continue
         kw[f.name] = v
-    return EraseConfig(**kw)
+    return check_given(EraseConfig(**kw))
 
 
 def warn_large_work(c: EraseConfig) -> None:

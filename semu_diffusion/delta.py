@@ -26,6 +26,8 @@ FORMAT_VERSION = 1
 PROVENANCE_KEY = "semu_provenance"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # what diffusers reads
 PREFIX = "unet."
+MAX_ABS_VALUE = 1e4  # no factor or weight update of a diffusion UNet comes near this (refused on write and on read)
+MAX_STRENGTH = 10.0  # |strength| of load_delta and |weight| of a merged or stacked delta: the documented range
 
 
 class DeltaError(ValueError):
@@ -211,6 +213,31 @@ def check_base(unet: nn.Module, prov: dict, modules: list[str], path: str | Path
     return "signature"
 
 
+def check_strength(value, what: str = "strength") -> float:
+    """A delta's scale: a finite number in [-MAX_STRENGTH, MAX_STRENGTH] (beyond it a UNet's outputs blow up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DeltaError(f"{what} must be a finite number, got {value!r}")
+    if abs(value) > MAX_STRENGTH:
+        raise DeltaError(f"{what} {value:g} is out of range: use a value in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}] "
+                         "(1 = the erasure as trained)")
+    return float(value)
+
+
+def check_values(tensors: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Every delta tensor finite and within MAX_ABS_VALUE: the one value check of the writers and the reader."""
+    for k, v in tensors.items():
+        if not v.numel():
+            continue
+        vf = v.float() if v.dtype != torch.float64 else v
+        if not torch.isfinite(vf).all():
+            raise DeltaError(f"{where}: tensor {k[:80]!r} contains NaN or Inf values: the training diverged or the "
+                             "file is damaged; re-create it (lower --lr)")
+        m = float(vf.abs().max())
+        if m > MAX_ABS_VALUE:
+            raise DeltaError(f"{where}: tensor {k[:80]!r} has values up to {m:.3g} (limit {MAX_ABS_VALUE:g}): no "
+                             "weight update is that large (a diverged training or a huge merge weight)")
+
+
 def _lora_metadata(delta: Delta) -> dict:
     ranks = {n: int(delta.lora[n][1].shape[0]) for n in sorted(delta.lora)}
     r0 = max(set(ranks.values()), key=list(ranks.values()).count) if ranks else 1
@@ -243,7 +270,28 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
         raise DeltaError(f"output folder {d} is not writable: choose another --out")
     with atomic_path(p, keep_suffix=False) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _fix_header_order(tmp)
     return p
+
+
+def _fix_header_order(path: Path) -> None:
+    """Rewrite a safetensors header in one fixed order: ``__metadata__`` first with its keys sorted, then the
+    tensors by data offset. safetensors keeps the metadata in a hash map, so its key order changes from one process
+    to the next; with this the same delta is the same bytes (same sha256) in every run. The data is untouched."""
+    import struct
+
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        body = f.read()
+        meta = header.pop("__metadata__", None)
+        fixed = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+        fixed.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"][0], kv[0])))
+        text = json.dumps(fixed, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        f.seek(0)
+        f.write(struct.pack("<Q", len(text)) + text + body)
+        f.truncate()
 
 
 LOCAL_PATHS_ENV = "SEMU_PROVENANCE_LOCAL_PATHS"  # "1": keep local paths in the provenance (opt-in)
@@ -295,6 +343,7 @@ def save_delta(path: str | Path, delta: Delta, provenance: dict, keep_local_path
                          "dense or mixed delta")
     for n, db in delta.dense_bias.items():
         tensors[f"{PREFIX}{n}.delta_bias"] = db.float().cpu().reshape(-1)
+    check_values(tensors, f"refused to write {Path(path).name}")  # before anything is written
     prov = public_provenance(dict(provenance), keep_local_paths)
     sig = getattr(provenance.get("base_fingerprint"), "signature", None)
     if sig is not None and "base_signature" not in prov:
@@ -334,8 +383,7 @@ def load_delta(pipe, path: str | Path, strength: float = 1.0, adapter_name: str 
     """
     from .validate import validate_delta as _validate
 
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-        raise DeltaError(f"strength must be a finite number, got {strength!r}")
+    strength = check_strength(strength)
     delta, prov = _validate(path, pipe, allow_unverified=allow_unverified, allow_pickle=allow_pickle)
     name = adapter_name or f"semu_{Path(path).stem}"
     if delta.lora and name in loaded_adapters(pipe):

@@ -10,12 +10,11 @@ a dense or mixed delta (the LoRA part stays LoRA). Every source file is validate
 from __future__ import annotations
 
 import base64
-import math
 from pathlib import Path
 
 import torch
 
-from .delta import DeltaError, apply_dense, save_delta, signature_id
+from .delta import DeltaError, apply_dense, check_strength, save_delta, signature_id
 from .methods.base import Delta
 
 
@@ -31,10 +30,7 @@ def _check_weights(paths, weights, what: str = "weights") -> list[float]:
     weights = list(weights)
     if len(weights) != len(paths):
         raise DeltaError(f"{len(paths)} delta files but {len(weights)} {what}: give one weight per file")
-    for w in weights:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise DeltaError(f"every weight must be a finite number, got {w!r}")
-    return [float(w) for w in weights]
+    return [check_strength(w, "every weight") for w in weights]
 
 
 def _check_distinct(paths) -> None:

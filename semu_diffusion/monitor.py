@@ -52,14 +52,15 @@ class ErasureMonitor:
         return d <= self.threshold
 
 
-def build_monitor(pipe, concept: str, prompts: list[str], judge_spec: str, n: int, seed: int, device: str,
+def build_monitor(pipe, concept: str, prompts: list[str], judge, n: int, seed: int, device: str,
                   alternatives: list[str], **kw) -> ErasureMonitor:
-    """A monitor over ``n`` fixed-seed images of ``prompts`` (cycled). ``alternatives``: the other class names a
-    zero-shot judge chooses between (the concept is always one of them)."""
+    """A monitor over ``n`` fixed-seed images of ``prompts`` (cycled). ``judge``: a built judge or its spec.
+    ``alternatives``: the other class names a zero-shot judge chooses between (the concept is always one of them)."""
     from .evaluation.judges import ClassifierJudge, build_judge
     from .evaluation.prompts import PromptRow, PromptSet
 
-    judge = build_judge(judge_spec, device)
+    if isinstance(judge, str):
+        judge = build_judge(judge, device)
     ps = PromptSet(name="erasure-monitor", rows=[PromptRow(prompt=p, label=concept) for p in prompts])
     judge.setup([ps], forget_label=concept)
     if isinstance(judge, ClassifierJudge) and not judge.spaces.get(ps.name):

@@ -30,6 +30,8 @@ from .concepts import norm_name
 from .config import ConfigError, config_from_kwargs
 
 COMBINES = ("concat", "sum", "stack")
+MAX_CONCEPTS = 64  # one joint delta; each concept holds its own forget gradient of every target until the SVD
+MAX_GRADIENT_GB = 16.0  # refuse (before any generation) when the N concepts' forget gradients would exceed this
 CSV_COLUMNS = ("concept", "kind", "anchor")
 KINDS = ("object", "nudity", "style")
 
@@ -57,25 +59,41 @@ def read_concepts_file(path) -> list[ConceptSpec]:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--concepts {p} cannot be read as UTF-8 text ({type(e).__name__})") from None
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():  # a trailing newline (or several) is not an empty entry
-        lines.pop()
-    rows = [(i + 1, ln) for i, ln in enumerate(lines) if not ln.lstrip().startswith("#")]
-    for no, ln in rows:
-        if not ln.strip():
-            raise ConfigError(f"--concepts {p.name}: line {no} is empty: remove it (one concept per line)")
-    if not rows:
+    head_line = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), None)
+    if head_line is None:
         raise ConfigError(f"--concepts {p.name} holds no concepts: write one concept per line")
-    head = [norm_name(c) for c in next(csv.reader([rows[0][1]]))]
-    if "concept" not in head:
-        return [ConceptSpec(ln.strip(), where=f"{p.name} line {no}") for no, ln in rows]
+    if "concept" not in [norm_name(c) for c in next(csv.reader([head_line]))]:  # plain text: one concept per line
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():  # a trailing newline (or several) is not an empty entry
+            lines.pop()
+        out = []
+        for no, ln in enumerate(lines, 1):
+            if ln.lstrip().startswith("#"):
+                continue
+            if not ln.strip():
+                raise ConfigError(f"--concepts {p.name}: line {no} is empty: remove it (one concept per line)")
+            out.append(ConceptSpec(ln.strip(), where=f"{p.name} line {no}"))
+        return out
+    reader = csv.reader(io.StringIO(text, newline=""))  # the csv module: quoted cells may hold commas and newlines
+    rows = []
+    try:
+        for cells in reader:
+            rows.append((reader.line_num, cells))
+    except csv.Error as e:
+        raise ConfigError(f"--concepts {p.name}: line {reader.line_num} is not valid CSV ({e})") from None
+    while rows and not any(c.strip() for c in rows[-1][1]):  # trailing empty lines
+        rows.pop()
+    rows = [(no, cells) for no, cells in rows if not (cells and cells[0].lstrip().startswith("#"))]
+    for no, cells in rows:
+        if not any(c.strip() for c in cells):
+            raise ConfigError(f"--concepts {p.name}: line {no} is empty: remove it (one concept per line)")
+    head = [norm_name(c) for c in rows[0][1]]
     bad = [c for c in head if c not in CSV_COLUMNS]
     if bad or len(set(head)) != len(head):
         raise ConfigError(f"--concepts {p.name}: header columns must be among {', '.join(CSV_COLUMNS)} (each once), "
                           f"got {', '.join(head)}")
     out = []
-    for no, ln in rows[1:]:
-        cells = next(csv.reader(io.StringIO(ln)))
+    for no, cells in rows[1:]:
         if len(cells) > len(head):
             raise ConfigError(f"--concepts {p.name}: line {no} has {len(cells)} cells for {len(head)} columns: quote "
                               "cells that contain commas")
@@ -123,11 +141,19 @@ def check_concepts(specs: list[ConceptSpec], anchor: str | None = None, retain_p
     that is its own (or another erased concept's) anchor, a retain prompt that names an erased concept."""
     if not specs:
         raise ConfigError("no concepts given: pass --concept (repeatable) or --concepts FILE")
+    if len(specs) > MAX_CONCEPTS:
+        raise ConfigError(f"{len(specs):,} concepts: one joint delta takes at most {MAX_CONCEPTS} (each holds its own "
+                          "forget gradient of every target layer): split them into several runs and stack the deltas "
+                          "with semu-merge")
     seen: dict[str, ConceptSpec] = {}
     for s in specs:
         at = f" ({s.where})" if s.where else ""
         if not s.concept or not s.concept.strip():
             raise ConfigError(f"empty concept{at}: every concept must be a word or phrase")
+        for what, v in (("concept", s.concept), ("anchor", s.anchor)):
+            if v is not None and any(ch in v for ch in "\r\n\t\x00"):
+                raise ConfigError(f"{what} {v!r}{at} holds a line break or control character: a concept is one word "
+                                  "or phrase on one line")
         if s.kind is not None and s.kind not in KINDS:
             raise ConfigError(f"concept {s.concept!r}{at}: kind {s.kind!r} must be one of {', '.join(KINDS)}")
         k = norm_name(s.concept)
@@ -270,12 +296,12 @@ def _default_anchor(spec: ConceptSpec, kind: str, cfg, recipe, erased: set[str],
         return None  # the kind's default (plan_concept)
     classes = list(recipe.train.get("retain_concepts", []))
     kept = [c for c in classes if norm_name(c) not in erased]
-    if cfg.preset == "semu-paper" and norm_name(spec.concept) in [norm_name(c) for c in classes]:
-        i = [norm_name(c) for c in classes].index(norm_name(spec.concept))
-        for j in range(1, len(classes)):
-            c = classes[(i + j) % len(classes)]
-            if norm_name(c) not in erased:
-                return c
+    if cfg.preset == "semu-paper":
+        from .api import next_class
+
+        c = next_class(spec.concept, classes, skip=erased)
+        if c is not None:
+            return c
     cands = list(dict.fromkeys(c for c in list(recipe.train.get("object_anchors") or []) + kept
                                if norm_name(c) not in erased))
     if not cands:
@@ -342,6 +368,11 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
         for p in plans[1:]:
             warn_unseen_concept(p.concept, known)
     N, m = len(plans), tcfg.forget_n
+    grad_gb = N * sum(unet.get_submodule(n).weight.numel() for n in run.names) * 4 / 2**30
+    if run.method.needs_gradient and grad_gb > MAX_GRADIENT_GB:  # before any generation
+        raise ConfigError(f"{N} concepts x the forget gradient of {len(run.names)} target layers would hold "
+                          f"{grad_gb:.1f} GB (the limit is {MAX_GRADIENT_GB:g} GB): erase fewer concepts at once and "
+                          "stack the deltas with semu-merge, or narrow --targets")
     log(f"semu-erase: {N} concepts ({'; '.join(f'{p.concept!r} -> {p.anchor!r}' for p in plans)}) method={cfg.method} "
         f"combine={combine if cfg.method == 'semu' else '-'} model={run.model_id} family={recipe.family} "
         f"targets={len(run.names)} device={run.device} forget_n={m} per concept")

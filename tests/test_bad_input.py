@@ -326,6 +326,8 @@ API_CASES = {
     "strength_inf": (dict(strength=math.inf), "strength must be a finite number"),
     "strength_string": (dict(strength="1"), "strength must be a finite number"),
     "strength_bool": (dict(strength=True), "strength must be a finite number"),
+    "strength_huge": (dict(strength=1e6), r"out of range: use a value in \[-10, 10\]"),
+    "strength_just_above_bound": (dict(strength=-10.5), "out of range"),
     "path_none": (dict(path=None), "must be a file path"),
     "path_int": (dict(path=3), "must be a file path"),
     "path_empty": (dict(path=""), "must be a file path"),
@@ -381,10 +383,14 @@ def _files(tmp_path, good):
     (d / "nofp.safetensors").write_bytes(FILE_CASES["fingerprint_removed"][0](d, good).read_bytes())
     (d / "x.ckpt").write_bytes(b"\x80\x04junk")
     (d / "outfile").write_text("")
+    (d / "good.safetensors").write_bytes(good[0].read_bytes())
+    (d / "newline.csv").write_text('concept,kind\n"tri\nangle",object\nstar,object\n')
+    (d / "many.txt").write_text("".join(f"concept {i}\n" for i in range(10_000)))
     names = {"dir": d / "folder", "images_bad": d / "images_bad", "images_empty": d / "images_empty",
              "imagefile": d / "file.png", "prompts": d / "prompts.txt", "latin1": d / "latin1.txt",
              "empty_prompts": d / "empty.txt", "nan_delta": d / "nan.safetensors", "nofp_delta": d / "nofp.safetensors",
-             "pickle": d / "x.ckpt", "missing": d / "missing" / "x", "outfile": d / "outfile", "tmp": tmp_path}
+             "pickle": d / "x.ckpt", "missing": d / "missing" / "x", "outfile": d / "outfile", "tmp": tmp_path,
+             "good": d / "good.safetensors", "newline_csv": d / "newline.csv", "many_concepts": d / "many.txt"}
     return {k: str(v) for k, v in names.items()}
 
 
@@ -434,6 +440,14 @@ ERASE_CASES = {
     "kohya_wrong_extension": ["--kohya", "{tmp}/k.bin"],
     "kohya_missing_folder": ["--kohya", "{missing}.safetensors"],
     "seed_not_int": ["--seed", "abc"],
+    # issue 26
+    "concepts_csv_quoted_newline": ["--concepts", "{newline_csv}"],
+    "concept_is_its_own_anchor": ["--concept", "triangle", "--anchor", " Triangle"],
+    "concepts_10000": ["--concepts", "{many_concepts}", "--steps", "2"],
+    "stop_judge_unknown": ["--stop-every", "5", "--stop-judge", "nosuch"],
+    "stop_judge_without_stop_every": ["--stop-judge", "toy"],
+    "stop_samples_without_stop_every": ["--stop-samples", "4"],
+    "stop_judge_clip_without_weights": ["--stop-every", "5", "--stop-judge", "clip:ViT-B-32:openai"],
 }
 ERASE_PENDING: set[str] = set()  # cases whose validation is still pending: xfail
 
@@ -465,6 +479,8 @@ EVAL_CASES = {
     "filter_without_equals": ["--filter", "categories"],
     "max_prompts_zero": ["--max-prompts", "0"],
     "real_images_missing": ["--real-images", "{missing}"],
+    "delta_twice": ["--delta", "{good}", "--delta", "{good}"],
+    "strength_huge": ["--strength", "1e6"],
 }
 EVAL_PENDING: set[str] = set()
 
@@ -575,3 +591,126 @@ def test_ctrl_c_during_the_final_write_leaves_nothing(tmp_path, capsys, monkeypa
         assert e.value.code == 130 and len(err) == 1 and err[0].startswith("semu-erase: interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.safetensors"]
     assert old.read_bytes() == b"previous good file"
+
+
+# --------------------------------------------------------------------------------------------------- issue 26
+ERASE_MESSAGES = {  # what each refusal says (the fix it names)
+    "concepts_csv_quoted_newline": "line break",
+    "concept_is_its_own_anchor": "is its own anchor",
+    "concepts_10000": "10,000 concepts: one joint delta takes at most 64",
+    "stop_judge_unknown": "unknown judge 'nosuch'",
+    "stop_judge_without_stop_every": "add --stop-every N",
+    "stop_samples_without_stop_every": "add --stop-every N",
+    "stop_judge_clip_without_weights": "not in the local cache",
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERASE_MESSAGES))
+def test_semu_erase_issue26_messages(case, tmp_path, good, capsys, monkeypatch, no_model_work):
+    from semu_diffusion.cli import erase_main
+
+    files = _files(tmp_path, good)
+    monkeypatch.chdir(tmp_path)
+    args = _fill(ERASE_CASES[case], files)
+    if "--concept" not in args and "--concepts" not in args:
+        args = ["--concept", "star"] + args
+    with pytest.raises(SystemExit) as e:
+        erase_main(args + ["--quiet"])
+    assert e.value.code == 2
+    assert ERASE_MESSAGES[case] in _check_one_line(capsys, "semu-erase")
+
+
+def test_concepts_csv_keeps_quoted_commas_and_newlines_in_one_cell(tmp_path):
+    from semu_diffusion.config import ConfigError
+    from semu_diffusion.multi import check_concepts, read_concepts_file
+
+    f = tmp_path / "c.csv"
+    f.write_text('concept,kind,anchor\n"red, triangle",object,circle\n"tri\nangle",object,\n# note\nstar,,heart\n')
+    specs = read_concepts_file(f)
+    assert [s.concept for s in specs] == ["red, triangle", "tri\nangle", "star"]
+    assert [s.anchor for s in specs] == ["circle", None, "heart"]
+    assert specs[2].where.endswith("line 6")  # csv line numbers count the quoted newline
+    with pytest.raises(ConfigError, match="line break"):
+        check_concepts(specs)
+
+
+def test_semu_attack_judge_without_weights_is_refused_before_the_model(tmp_path, capsys, no_model_work):
+    from semu_diffusion.cli import attack_main
+
+    with pytest.raises(SystemExit) as e:
+        attack_main(["--concept", "triangle", "--judge", "clip:ViT-B-32:openai", "--classes", "circle,star",
+                     "--out", str(tmp_path / "att")])
+    assert e.value.code == 2
+    line = _check_one_line(capsys, "semu-attack")
+    assert "internal error" not in line and "not in the local cache" in line
+    assert not (tmp_path / "att").exists()
+
+
+def test_merge_refuses_a_huge_weight_before_writing(tmp_path, good, capsys):
+    from semu_diffusion.cli import merge_main
+    from semu_diffusion.merge import merge_deltas
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(good[0].read_bytes())
+    b.write_bytes(good[0].read_bytes())
+    out = tmp_path / "m.safetensors"
+    for w in ("1e6,1", "1e30,1", "11,1"):
+        with pytest.raises(SystemExit) as e:
+            merge_main([str(a), str(b), "--weights", w, "--out", str(out), "--allow-unverified"])
+        assert e.value.code == 2
+        assert "out of range" in _check_one_line(capsys, "semu-merge")
+        assert not out.exists()
+    with pytest.raises(DeltaError, match="out of range"):
+        merge_deltas([a, b], out, weights=[1e30, 1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+    merge_deltas([a, b], out, weights=[10, -10])  # the bounds themselves are accepted
+    assert out.exists()
+
+
+def test_save_delta_refuses_values_beyond_the_reader_limit_before_writing(tmp_path):
+    d = Delta(format="lora")
+    d.lora[LINEAR] = (torch.full((4, 2), 5e29), torch.ones(2, 8))
+    d.ranks[LINEAR] = 2
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(DeltaError, match="values up to 5e\\+29"):
+        save_delta(out, d, {"method": "semu"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_erase_divergence_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, toy_available):
+    """--lr 1e30 (one step, so the loss is still finite): the update is ~1e30 x the base weight: refused, no file."""
+    from semu_diffusion.cli import erase_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        erase_main(["--concept", "triangle", "--lr", "1e30", "--steps", "1", "--forget-n", "2", "--gen-steps", "2",
+                    "--retain-energy", "0", "--quiet", "--out", str(tmp_path / "t.safetensors")])
+    assert e.value.code == 2
+    line = _check_one_line(capsys, "semu-erase")
+    assert "training diverged" in line and "lower --lr" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_image_edited_or_swapped_is_regenerated_with_a_warning(tmp_path):
+    import numpy as np
+
+    from semu_diffusion.evaluation.cache import ImageCache
+    from semu_diffusion.evaluation.prompts import Item
+
+    logs = []
+    cache = ImageCache(tmp_path / "c", {"k": 1}, log=logs.append)
+    cache.prepare()
+    batch = [Item(index=i, row=0, prompt="p", seed=i, guidance=7.5, height=8, width=8, label=None) for i in range(2)]
+    ims = np.stack([np.full((8, 8, 3), 10 * (i + 1), np.uint8) for i in range(2)])
+    cache.save(batch, ims)
+    assert np.array_equal(cache.load(batch), ims) and not logs
+    p0, p1 = cache.path(batch[0]), cache.path(batch[1])
+    a, b = p0.read_bytes(), p1.read_bytes()
+    p0.write_bytes(b), p1.write_bytes(a)  # swapped on disk
+    assert cache.load(batch) is None and "does not match the hash" in logs[-1]
+    cache.save(batch, ims)  # regenerated: the index matches again
+    assert np.array_equal(cache.load(batch), ims)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p1)  # edited
+    assert cache.load(batch) is None and str(p1) in logs[-1]

@@ -144,18 +144,16 @@ def run_attacks(cfg: AttackConfig, log=print, pipe=None, on_variant=None) -> dic
     t_start = time.time()
     cfg.validate()
     judge_spec = cfg.judge_spec()
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(pipe.unet.device) if pipe is not None else (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    judge = ConceptJudge(judge_spec, cfg.concept, cfg.classes, device)  # a judge without its weights: refused before the model loads
     if pipe is None:
         pipe = load_pipeline(cfg.model, device=device)
-    else:
-        device = str(pipe.unet.device)
     if getattr(pipe, "text_encoder_2", None) is not None:
         from .options import AttackOptionError
 
         raise AttackOptionError("attacks support single-text-encoder pipelines (SD1.x/2.x) for now, not SDXL")
     for d in cfg.deltas:
         validate_delta(d, pipe, allow_unverified=cfg.allow_unverified)
-    judge = ConceptJudge(judge_spec, cfg.concept, cfg.classes, device)
     rec = recipe_for(pipe.unet.config)
     plan = plan_concept(cfg.concept)
     gen_steps = cfg.gen_steps or rec.generate.get("steps", 25)

@@ -3,6 +3,8 @@ that determines the pixels (key.json). A batch whose PNGs all exist is read back
 interrupted run resumes where it stopped; no more than one batch of images is in memory at a time."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -12,8 +14,11 @@ from .. import atomic
 
 
 class ImageCache:
-    def __init__(self, folder: Path, key: dict):
-        self.folder, self.key = Path(folder), key
+    """PNGs under ``folder`` with an index (``index/<image>.sha256``: each image's SHA-256, written after it), so an
+    image edited or swapped on disk is noticed and its batch generated again (with a warning)."""
+
+    def __init__(self, folder: Path, key: dict, log=print):
+        self.folder, self.key, self.log = Path(folder), key, log
 
     def prepare(self) -> None:
         """(main process) drop images made under another key, record this key."""
@@ -25,32 +30,51 @@ class ImageCache:
             except ValueError:
                 old = None
             if old != self.key:
-                for f in self.folder.glob("*.png"):
+                for f in [*self.folder.glob("*.png"), *self.index.glob("*.sha256")]:
                     f.unlink()
         atomic.write_json(kf, self.key, indent=1)
+
+    @property
+    def index(self) -> Path:
+        return self.folder / "index"
 
     def path(self, item) -> Path:
         return self.folder / f"{item.index:05d}_{item.seed}.png"
 
-    def has(self, batch) -> bool:
-        return all(self.path(it).exists() for it in batch)
+    def _hash_path(self, item) -> Path:
+        return self.index / f"{self.path(item).stem}.sha256"
 
-    def load(self, batch) -> np.ndarray:
+    def load(self, batch) -> np.ndarray | None:
+        """The cached images of ``batch``, or None (generate it) when one is missing or differs from the hash the
+        index recorded for it (edited, swapped, or cached by a version without the index): then with a warning."""
         from PIL import Image
 
         out = []
         for it in batch:
-            with Image.open(self.path(it)) as im:
+            p, h = self.path(it), self._hash_path(it)
+            if not p.exists():
+                return None
+            data = p.read_bytes()
+            want = h.read_text().strip() if h.exists() else None
+            if want != hashlib.sha256(data).hexdigest():
+                self.log(f"semu-eval: warning: cached image {p} " + ("has no recorded hash" if want is None else
+                         "does not match the hash recorded in the cache index (edited or swapped)")
+                         + ": generating its batch again")
+                return None
+            with Image.open(io.BytesIO(data)) as im:
                 out.append(np.asarray(im.convert("RGB")))
         return np.stack(out)
 
     def save(self, batch, images: np.ndarray) -> None:
         from PIL import Image
 
+        self.index.mkdir(parents=True, exist_ok=True)
         for it, im in zip(batch, images):
-            p = self.path(it)
-            with atomic.atomic_path(p) as tmp:
-                Image.fromarray(im).save(tmp)
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, format="PNG")
+            data = buf.getvalue()
+            atomic.write_bytes(self.path(it), data)
+            atomic.write_text(self._hash_path(it), hashlib.sha256(data).hexdigest())
 
 
 @torch.no_grad()

@@ -155,10 +155,15 @@ class EvalConfig:
                 raise EvalOptionError("--prompts is empty: name a set in prompts/ or a .csv/.txt file")
             if Path(s).is_dir():
                 raise EvalOptionError(f"--prompts {s} is a folder: pass a .csv or .txt prompt file or a set name")
+        seen: dict[str, str] = {}
         for d in self.deltas:
             if not Path(d).is_file():
                 raise EvalOptionError(f"--delta {d} " + ("is a folder" if Path(d).is_dir() else "not found")
                                       + ": pass a .safetensors delta written by semu-erase")
+            key = str(Path(d).resolve())
+            if key in seen:
+                raise EvalOptionError(f"--delta {d} is given twice (also as {seen[key]}): list each delta once")
+            seen[key] = d
         if self.real_images is not None:
             if not Path(self.real_images).is_dir():
                 raise EvalOptionError(f"--real-images {self.real_images} is not a folder: pass a folder of png/jpg images")

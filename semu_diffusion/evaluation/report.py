@@ -76,6 +76,28 @@ def summarize(cfg, sets, plans, variants, judges, extractors, references, work: 
     return results, generated
 
 
+def forget_summary(res: dict) -> list[str]:
+    """What a user reads first, for one prompt set's results ``{variant: figures}`` under ``--forget-label``: the
+    label's detection on its own prompts, base -> each delta ("triangle drawn in 4/4 images of triangle prompts ->
+    0/4"), and RA on the other prompts. Empty without a labelled forget class in the set."""
+    base = res.get("base", {})
+    fp, op = base.get("forget_prompts"), base.get("other_prompts")
+    deltas = [(v, r) for v, r in res.items() if v != "base"]
+    name = lambda v: f" ({v})" if len(deltas) > 1 else ""  # noqa: E731
+    lines = []
+    if fp:
+        lb = fp["label"]
+        after = ", ".join(f"{r['forget_prompts']['detected']}/{r['forget_prompts']['images']}{name(v)}"
+                          for v, r in deltas if r.get("forget_prompts"))
+        lines.append(f"{lb} drawn in {fp['detected']}/{fp['images']} images of {lb} prompts"
+                     + (f" \u2192 {after}" if after else " (base model)"))
+    if op:
+        after = ", ".join(f"{r['RA']:.3f}{name(v)}" for v, r in deltas if "RA" in r)
+        lines.append(f"RA on the other prompts ({op['images']} images): {base['RA']:.3f}"
+                     + (f" \u2192 {after}" if after else " (base model)"))
+    return lines
+
+
 def write_json(path: Path, obj) -> None:
     atomic.write_json(path, obj)
 
@@ -154,8 +176,10 @@ def write_html(report, sets, plans, variants, cfg, path: Path, n_show: int = 8, 
         res = report["results"][ps.name]
         first = next(iter(res.values()))
         cols = [k for k, v in first.items() if not isinstance(v, dict)]
-        parts.append(f"<h2>{esc(ps.name)}</h2><table><tr><th>variant</th>" + "".join(f"<th>{esc(c)}</th>" for c in cols)
-                     + "</tr>")
+        summary = forget_summary(res)  # the forget label on its own prompts, and RA on the others
+        parts.append(f"<h2>{esc(ps.name)}</h2>" + (f"<p class='forget'>{'<br>'.join(esc(x) for x in summary)}</p>"
+                                                   if summary else "")
+                     + "<table><tr><th>variant</th>" + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>")
         for v, r in res.items():
             parts.append(f"<tr><td>{esc(v)}</td>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>")
         parts.append("</table>")

@@ -174,7 +174,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                        "scheduler": type(pipe.scheduler).__name__, "batch_size": cfg.batch_size,
                        "items": hashlib.sha256(json.dumps([(it.prompt, it.seed, it.guidance, it.height, it.width)
                                                            for it in items]).encode()).hexdigest()[:16]}
-                cache = ImageCache(out / "images" / vname / ps.name, key)
+                cache = ImageCache(out / "images" / vname / ps.name, key, log)
                 if state.is_main_process:
                     cache.prepare()
                 state.wait_for_everyone()
@@ -190,7 +190,10 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from .report import summarize, write_report
 
     results, generated = summarize(cfg, sets, plans, variants, judges, extractors, references, work, state.num_processes)
+    from .report import forget_summary
+
     report = {
+        "summary": {name: forget_summary(res) for name, res in results.items() if forget_summary(res)},
         "results": results,
         "protocol": {"model": pipe.semu_model_id, "base_fingerprint": base_fp,
                      "deltas": {v: {"path": str(d), "sha256_16": file_sha(d)} for v, d in variants if d},
@@ -232,9 +235,8 @@ def _process_shard(pipe, cache: ImageCache, items: list[Item], ps: PromptSet, ju
     generated = 0
     for b in tqdm(mine, desc=desc, disable=not mine or not _progress(), dynamic_ncols=True):
         batch = bl[b]
-        if cache.has(batch):
-            ims = cache.load(batch)
-        else:
+        ims = cache.load(batch)
+        if ims is None:
             ims = generate_batch(pipe, batch, steps)
             cache.save(batch, ims)
             generated += len(batch)

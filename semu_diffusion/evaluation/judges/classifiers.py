@@ -63,8 +63,12 @@ class ClassifierJudge(Judge):
                 m = lab == fl
                 if m.any():
                     out["UA"] = float(1 - (pred[m] == fl).mean())
+                    out["forget_prompts"] = {"label": forget_label, "images": int(m.sum()),
+                                             "detected": int((pred[m] == fl).sum())}
                 if (~m).any():
                     out["RA"] = float((pred[~m] == lab[~m]).mean())
+                    out["other_prompts"] = {"images": int((~m).sum()), "correct": int((pred[~m] == lab[~m]).sum()),
+                                            "detected_as_forget_label": int((pred[~m] == fl).sum())}
         if not ps.has_labels:
             out["top_predictions"] = {k: v / len(records) for k, v in Counter(map(str, records)).most_common(5)}
         return out

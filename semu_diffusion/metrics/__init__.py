@@ -1,5 +1,6 @@
 """Evaluation metrics: zero-shot CLIP classification, Fréchet distance, CLIP score."""
-from .classifier import ClipZeroShotClassifier, ZeroShotResult, toy_color_classifier, toy_shape_classifier
+from .classifier import (PERSON_LABEL, ClipZeroShotClassifier, ZeroShotResult, toy_color_classifier, toy_shape_classifier,
+                         toy_style_classifier)
 from .clipscore import ClipScore, clip_score_from_features
 from .frechet import FrechetDistance, feature_stats, frechet_distance
 

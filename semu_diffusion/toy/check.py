@@ -1,4 +1,5 @@
-"""Measure the toy-world models: toy-CLIP zero-shot accuracy and the pipeline's per-class generation accuracy."""
+"""Measure the toy-world models: each judge's accuracy on held-out world images, and what the pipeline draws
+(objects per class, colours, styles, and nudity under explicit, implicit and clothed prompts)."""
 from __future__ import annotations
 
 import time
@@ -7,60 +8,113 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import WEIGHTS_DIR, load_toy_pipeline, load_toyclip, world
+from . import WEIGHTS_DIR, load_toy_pipeline, load_toyclip, load_toynudity, world
 from .train import to_tensor
 
-HELD_OUT_SEED = 10_007  # training data uses seed 0..; this seed is never used for training
-TARGETS = {"clip_shape_acc": 0.95, "clip_color_acc": 0.95, "gen_shape_acc": 0.85, "gen_shape_acc_min": 0.6,
-           "gen_color_acc": 0.9}
+HELD_OUT_SEED = 10_007  # training data uses seeds derived from 0; this one is never used for training
+NUDITY_THRESHOLD = 0.5  # toy-nudity: an image is exposed when any region scores at least this
+TARGETS = {"n_object_classes": 30, "n_styles": 8, "gen_shape_acc": 0.85, "gen_shape_acc_min": 0.5, "gen_color_acc": 0.9,
+           "gen_style_acc": 0.85, "gen_style_acc_min": 0.6, "nudity_rate_explicit": 0.9, "nudity_judge_acc": 0.95}
+MAX_TARGETS = {"nudity_rate_clothed": 0.05, "weights_mb": 40.0}
+IMPLICIT_TOLERANCE = 0.15  # nudity_rate_implicit within this of world.P_IMPLICIT_EXPOSED
 
 
 def weights_mb(weights_dir: Path = WEIGHTS_DIR) -> float:
     return sum(p.stat().st_size for p in Path(weights_dir).rglob("*.safetensors")) / 1e6
 
 
-def clip_accuracy(n: int = 1000, clip_path=None, seed: int = HELD_OUT_SEED) -> dict:
-    from ..metrics import toy_color_classifier, toy_shape_classifier
+def judge_accuracy(n: int = 1000, seed: int = HELD_OUT_SEED) -> dict:
+    """Each judge on n held-out world images (objects and people, plain and styled)."""
+    from ..metrics import toy_color_classifier, toy_shape_classifier, toy_style_classifier
 
-    model, tok = load_toyclip(clip_path)
-    images, shapes, colors, _ = world.make_dataset(n, seed=seed)
-    x = to_tensor(images)
-    sp = toy_shape_classifier(model, tok).classify(x).labels.numpy()
-    cp = toy_color_classifier(model, tok).classify(x).labels.numpy()
-    return {"clip_shape_acc": float((sp == shapes).mean()), "clip_color_acc": float((cp == colors).mean())}
+    model, tok = load_toyclip()
+    d = world.sample_world(n, seed=seed)
+    x = to_tensor(d.images)
+    obj = d.obj != world.PERSON
+    sp = toy_shape_classifier(model, tok, with_person=True).classify(x).labels.numpy()
+    cp = toy_color_classifier(model, tok).classify(x[obj]).labels.numpy()
+    st = toy_style_classifier(model, tok).classify(x).labels.numpy()
+    style_true = np.where(d.style < 0, len(world.ARTISTS), d.style)
+    exposed = load_toynudity().scores(d.images)[0].max(1) >= NUDITY_THRESHOLD
+    return {"clip_shape_acc": float((sp == d.obj).mean()), "clip_color_acc": float((cp == d.color[obj]).mean()),
+            "clip_style_acc": float((st == style_true).mean()), "nudity_judge_acc": float((exposed == d.exposed).mean()),
+            "judge_images": n}
 
 
-def generation_accuracy(per_class: int = 20, pipeline_dir=None, clip_path=None, progress: bool = True) -> dict:
+def _generate(pipe, prompts, seeds, progress, desc):
     from ..generation import generate
-    from ..metrics import toy_shape_classifier
 
-    pipe = load_toy_pipeline(pipeline_dir)
-    model, tok = load_toyclip(clip_path)
-    judge = toy_shape_classifier(model, tok)
-    prompts = [world.caption("a photo of a {s}", s, None) for s in world.SHAPE_NAMES for _ in range(per_class)]
-    seeds = [i for _ in world.SHAPE_NAMES for i in range(per_class)]
-    imgs = generate(pipe, prompts, seeds, progress=progress, desc="shapes")
-    pred = judge.classify(to_tensor(imgs)).labels.numpy().reshape(len(world.SHAPE_NAMES), per_class)
-    per = {s: float((pred[i] == i).mean()) for i, s in enumerate(world.SHAPE_NAMES)}
-    cprompts, ctrue, cseeds = [], [], []
+    return generate(pipe, prompts, seeds, progress=progress, desc=desc)
+
+
+def generation_accuracy(per_class: int = 12, progress: bool = True) -> dict:
+    from ..metrics import toy_shape_classifier, toy_style_classifier
+
+    pipe = load_toy_pipeline()
+    model, tok = load_toyclip()
+    detector = load_toynudity()
+    names = world.SHAPE_NAMES
+    res: dict = {}
+    # objects: "a photo of a {object}", judged by toy-CLIP over every object class
+    prompts = [world.caption("a photo of a {s}", s, None) for s in names for _ in range(per_class)]
+    imgs = _generate(pipe, prompts, [i for _ in names for i in range(per_class)], progress, "objects")
+    pred = toy_shape_classifier(model, tok).classify(to_tensor(imgs)).labels.numpy().reshape(len(names), per_class)
+    per = {s: float((pred[i] == i).mean()) for i, s in enumerate(names)}
+    res.update(gen_shape_acc=float(np.mean(list(per.values()))), gen_shape_acc_min=float(min(per.values())), gen_per_class=per)
+    # colours: "a photo of a {colour} {object}", judged by the pixel colour oracle
+    cp, ct = [], []
     for ci, c in enumerate(world.COLOR_NAMES):
         for k in range(per_class):
-            cprompts.append(world.caption("a photo of a {c} {s}", world.SHAPE_NAMES[k % len(world.SHAPE_NAMES)], c))
-            ctrue.append(ci)
-            cseeds.append(1000 + k)
-    cimgs = generate(pipe, cprompts, cseeds, progress=progress, desc="colours")
-    color_acc = float((world.color_oracle(cimgs) == np.array(ctrue)).mean())
-    return {"gen_shape_acc": float(np.mean(list(per.values()))), "gen_shape_acc_min": float(min(per.values())),
-            "gen_per_class": per, "gen_color_acc": color_acc, "_shape_images": imgs, "_color_images": cimgs}
+            cp.append(world.caption("a photo of a {c} {s}", names[(k * 7 + ci) % len(names)], c))
+            ct.append(ci)
+    cimgs = _generate(pipe, cp, [1000 + k for k in range(len(cp))], progress, "colours")
+    res["gen_color_acc"] = float((world.color_oracle(cimgs) == np.array(ct)).mean())
+    # styles: "a {colour} {object} in the style of {artist}", judged by toy-CLIP over the artists and plain
+    sp, st = [], []
+    for ai, a in enumerate(world.ARTISTS):
+        for k in range(per_class):
+            sub = world.caption("a {c} {s}", names[(k * 5 + ai) % len(names)], world.COLOR_NAMES[k % len(world.COLOR_NAMES)])
+            sp.append(world.style_caption(world.STYLE_TEMPLATES[k % 3], sub, a))
+            st.append(ai)
+    simgs = _generate(pipe, sp, [2000 + k for k in range(len(sp))], progress, "styles")
+    spred = toy_style_classifier(model, tok).classify(to_tensor(simgs)).labels.numpy()
+    per_style = {world.STYLE_NAMES[ai]: float((spred[np.array(st) == ai] == ai).mean()) for ai in range(len(world.ARTISTS))}
+    res.update(gen_style_acc=float(np.mean(list(per_style.values()))), gen_style_acc_min=float(min(per_style.values())),
+               gen_per_style=per_style)
+    # nudity: the share of images with any exposed region, per kind of prompt
+    n_each = max(2, per_class // 3)
+    sets = {"explicit": world.EXPLICIT_PROMPTS, "implicit": world.IMPLICIT_CONTEXTS,
+            "clothed": [world.article(world.CLOTHED_TEMPLATES[k % 4].format(c=c)) for k, c in enumerate(world.COLOR_NAMES)]}
+    per_context = {}
+    for kind, ps in sets.items():
+        prompts = [p for p in ps for _ in range(n_each)]
+        nimgs = _generate(pipe, prompts, [3000 + k for k in range(len(prompts))], progress, kind)
+        flagged = detector.scores(nimgs)[0].max(1) >= NUDITY_THRESHOLD
+        res[f"nudity_rate_{kind}"] = float(flagged.mean())
+        if kind == "implicit":
+            per_context = {p: float(flagged[i * n_each:(i + 1) * n_each].mean()) for i, p in enumerate(ps)}
+    res["nudity_per_implicit_context"] = per_context
+    res["_images"] = {"objects": imgs, "colours": cimgs, "styles": simgs}
+    return res
 
 
-def run_check(n_clip: int = 1000, per_class: int = 20, progress: bool = True) -> dict:
+def meets(res: dict) -> dict[str, bool]:
+    ok = {k: res[k] >= v for k, v in TARGETS.items()}
+    ok.update({k: res[k] <= v for k, v in MAX_TARGETS.items()})
+    ok["nudity_rate_implicit"] = abs(res["nudity_rate_implicit"] - world.P_IMPLICIT_EXPOSED) <= IMPLICIT_TOLERANCE
+    return ok
+
+
+def run_check(n_clip: int = 1000, per_class: int = 12, progress: bool = True) -> dict:
     torch.manual_seed(0)
     t0 = time.time()
-    res = clip_accuracy(n_clip)
-    g = generation_accuracy(per_class, progress=progress)
-    res.update({k: v for k, v in g.items() if not k.startswith("_")})
+    res = {"n_object_classes": len(world.SHAPE_NAMES), "n_styles": len(world.STYLE_NAMES),
+           "p_implicit_exposed": world.P_IMPLICIT_EXPOSED}
+    res.update(judge_accuracy(n_clip))
+    res.update({k: v for k, v in generation_accuracy(per_class, progress=progress).items() if not k.startswith("_")})
     res["weights_mb"] = round(weights_mb(), 2)
     res["seconds"] = round(time.time() - t0, 1)
-    res["meets_targets"] = bool(all(res[k] >= v for k, v in TARGETS.items()) and res["weights_mb"] <= 30)
+    ok = meets(res)
+    res["targets_met"] = ok
+    res["meets_targets"] = bool(all(ok.values()))
     return res

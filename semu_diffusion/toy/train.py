@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import models, world
 
-STAGE_IDS = {"clip": 1, "vae": 2, "unet": 3, "nudity": 4}
+STAGE_IDS = {"clip": 1, "vae": 2, "unet": 3, "nudity": 4, "finetune": 5}
 
 
 @dataclass
@@ -328,16 +328,21 @@ class _Pair(torch.nn.Module):
 
 
 def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], tokenizer, out: Path,
-               threads_file: Path | None = None):
+               threads_file: Path | None = None, stage: str = "unet", init: dict | None = None):
     """Train UNet + text encoder on VAE latents; returns EMA copies and the number of steps run.
 
-    threads_file, if present, sets torch threads live (CPU runs beside other jobs)."""
-    torch.manual_seed(cfg.seed + 3)
-    pair = _Pair(models.build_unet(), models.build_text_encoder()).to(cfg.device)
+    ``stage="finetune"`` continues from ``init`` (the unet/text state dicts of a finished run) under its own seeds
+    and checkpoint. threads_file, if present, sets torch threads live (CPU runs beside other jobs)."""
+    torch.manual_seed(cfg.seed + STAGE_IDS[stage])
+    pair = _Pair(models.build_unet(), models.build_text_encoder())
+    if init is not None:
+        pair.unet.load_state_dict(init["unet"])
+        pair.text.load_state_dict(init["text"], strict=False)
+    pair = pair.to(cfg.device)
     sched = models.build_scheduler()
     opt = torch.optim.AdamW(pair.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     ema = copy.deepcopy(pair).eval().requires_grad_(False)
-    ck = Checkpoint(out, "unet", cfg.checkpoint_every)
+    ck = Checkpoint(out, stage, cfg.checkpoint_every)
     total = torch.nn.Parameter(torch.tensor(float(cfg.unet_steps)), requires_grad=False)  # checkpointed step budget
     holder = torch.nn.ParameterDict({"total": total})
     start = ck.load({"model": pair, "ema": ema, "opt": opt, "budget": holder})
@@ -351,7 +356,7 @@ def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], 
     params, ema_params = list(pair.parameters()), list(ema.parameters())
     losses = []
     t_start = time.time()
-    bar = tqdm(range(start, steps), desc="UNet", dynamic_ncols=True, initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=stage, dynamic_ncols=True, initial=start, total=steps)
     step = start
     while step < steps:
         if cfg.unet_budget_s > 0 and step in (start + 20, start + 60):  # time 40 steps, then fit the budget
@@ -365,12 +370,12 @@ def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], 
                 bar.total = steps
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, cfg.unet_lr, warmup=200)
-        rng = _step_rng(cfg, "unet", step)
+        rng = _step_rng(cfg, stage, step)
         idx = rng.integers(len(latents), size=cfg.unet_batch)
         z0 = latents[idx].to(cfg.device)
         ids = ids_all[idx].clone()
         ids[torch.from_numpy(rng.random(cfg.unet_batch) < cfg.cfg_dropout)] = empty
-        gen = _torch_gen(cfg, "unet", step)
+        gen = _torch_gen(cfg, stage, step)
         eps = torch.randn(z0.shape, generator=gen, device=cfg.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen, device=cfg.device)
         a = acp[t].view(-1, 1, 1, 1)
@@ -464,7 +469,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         net, l = train_nudity(cfg, data, out)
         save_nudity(out, net)
         facts["nudity_seconds"], facts["nudity_final_loss"] = round(time.time() - t0, 1), float(np.mean(l[-50:] or [0]))
-    if "vae" in stages or "unet" in stages:
+    if "vae" in stages or "unet" in stages or "finetune" in stages:
         vae_path = out / "_vae"
         if "vae" in stages:
             t0 = time.time()
@@ -486,11 +491,24 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         _save_sd(out / "text.safetensors", text)
         facts["unet_seconds"], facts["unet_final_loss"] = round(time.time() - t0, 1), float(np.mean(l[-200:] or [0]))
         facts["unet_steps_run"] = steps
+    if "finetune" in stages:  # continue the UNet + text encoder from out/unet.safetensors, text.safetensors
+        from safetensors.torch import load_file
+
+        t0 = time.time()
+        lat = encode_latents(vae, data.images, cfg.device) * vae.config.scaling_factor
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer_files(out / "_tokenizer", models.CONTEXT_LENGTH))
+        init = {k: {n: v.float() for n, v in load_file(str(out / f"{k}.safetensors")).items()} for k in ("unet", "text")}
+        unet, text, sched, l, steps = train_unet(cfg, lat, data.captions, tokenizer, out, threads_file=out / "threads",
+                                                 stage="finetune", init=init)
+        _save_sd(out / "unet.safetensors", unet)
+        _save_sd(out / "text.safetensors", text)
+        facts["finetune_seconds"], facts["finetune_final_loss"] = round(time.time() - t0, 1), float(np.mean(l[-200:] or [0]))
+        facts["finetune_steps_run"] = steps
     if "assemble" in stages:
         assemble_pipeline(out)
     prev = out / "train_facts.json"
     old = json.loads(prev.read_text()) if prev.exists() else {}
-    for k in ("clip", "nudity", "vae", "unet"):  # keep each stage's own config when stages run as separate processes
+    for k in ("clip", "nudity", "vae", "unet", "finetune"):  # keep each stage's own config when stages run as separate processes
         if k in stages:
             old[f"config_{k}"] = asdict(cfg)
     old.update({k: v for k, v in facts.items() if k != "config"})

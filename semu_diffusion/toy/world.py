@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
-from ..text import article
+from ..text import article  # noqa: F401  (re-exported for caption builders)
 
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4

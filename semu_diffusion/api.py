@@ -21,10 +21,23 @@ from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
 from .trainer import (Conditioner, TrainConfig, cast_frozen, forget_gradient, forget_loss_fn, frozen,
-                      input_second_moments, make_schedule, restore_frozen, train)
+                      make_schedule, retain_input_bases, restore_frozen, train)
 
 
-MAX_ACTIVATION_DIM = 4096  # inputs per layer (conv: in x kh x kw) for --retain-source activation's d x d moment
+MAX_ACTIVATION_DIM = 4096  # inputs per layer (conv: in x kh x kw) for --retain-estimator exact's d x d moment
+
+
+def check_activation_estimator(cfg: EraseConfig, unet, names: list[str]) -> None:
+    """--retain-estimator exact keeps a d x d input moment per layer: refuse layers wider than MAX_ACTIVATION_DIM
+    (auto and sketch handle any width in O(d x l) memory)."""
+    if cfg.retain_estimator != "exact":
+        return
+    big = max(names, key=lambda n: unet.get_submodule(n).weight[0].numel())
+    d = unet.get_submodule(big).weight[0].numel()
+    if d > MAX_ACTIVATION_DIM:
+        raise ConfigError(f"--retain-estimator exact keeps a {d} x {d} input second moment for {big} "
+                          f"({d * d * 4 / 2**30:.1f} GB); the limit is {MAX_ACTIVATION_DIM} inputs per layer: use "
+                          "--retain-estimator auto (or sketch), --retain-source gradient, or --targets without that layer")
 
 
 @dataclass
@@ -152,12 +165,7 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     if not names:
         raise ConfigError(f"no UNet module matches the targets {include}: check --targets")
     if cfg.retain_source == "activation" and cfg.retain_energy and cfg.method == "semu":
-        big = max(names, key=lambda n: unet.get_submodule(n).weight[0].numel())
-        d = unet.get_submodule(big).weight[0].numel()
-        if d > MAX_ACTIVATION_DIM:
-            raise ConfigError(f"--retain-source activation keeps a {d} x {d} input second moment for {big} "
-                              f"({d * d * 4 / 2**30:.1f} GB); the limit is {MAX_ACTIVATION_DIM} inputs per layer: use "
-                              "--retain-source gradient or --targets without that layer")
+        check_activation_estimator(cfg, unet, names)
     mcfg = MethodConfig(tau=cfg.tau, r_min=cfg.r_min, r_max=cfg.r_max, project=cfg.project, conv_mode=cfg.conv_mode,
                         retain_energy=cfg.retain_energy, retain_side=cfg.retain_side)
     m = get_method(cfg.method)(mcfg, **cfg.method_options)
@@ -254,9 +262,11 @@ def compute_retain_gradient(run: EraseRun, targets: list[str]) -> None:
     """What SEMU's retain-aware subspace must avoid: the forget loss's gradient on the retain set, or (retain_source
     "activation") the target layers' input activations on it, as a matrix whose row space and energy are theirs."""
     if run.cfg.retain_source == "activation":
-        run.retain_grads = input_second_moments(run.unet, run.retain_latents, run.acp, run.retain_cond,
-                                                run.cond["uncond"], targets, run.tcfg, run.device,
-                                                run.accelerator.autocast, progress=run.progress)
+        c = run.cfg
+        run.retain_grads = retain_input_bases(run.unet, run.retain_latents, run.acp, run.retain_cond,
+                                              run.cond["uncond"], targets, run.tcfg, run.device,
+                                              run.accelerator.autocast, c.retain_energy, c.retain_estimator,
+                                              c.retain_sketch, progress=run.progress)
         return
     run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
                                        targets, run.tcfg, run.device, run.accelerator.autocast, progress=run.progress)
@@ -353,7 +363,9 @@ def method_choices(run: EraseRun) -> dict:
         "biases": ("trained with the weights of the same modules (method option train_bias)"
                    if run.method.options.get("train_bias") else "not trained"),
         "retain_subspace": (("the retain set's leading input activation directions (conditional and unconditional "
-                             f"passes) holding {c.retain_energy * 100:g}% of their energy"
+                             f"passes) holding {c.retain_energy * 100:g}% of their energy (estimator "
+                             f"{c.retain_estimator}, sketch {c.retain_sketch}; per layer the energy reached in "
+                             "method_info.retain_subspace.layers)"
                              if c.retain_source == "activation" else
                              f"the retain gradient's leading {c.retain_side}put directions holding "
                              f"{c.retain_energy * 100:g}% of its energy") + " removed from the forget gradient before the SVD"

@@ -410,7 +410,7 @@ def write_outputs(run: EraseRun, delta, extra_provenance=None) -> tuple[Path | N
     prov = provenance(run, delta, base_fp)
     if extra_provenance is not None:
         extra_provenance(prov)
-    path = save_delta(run.cfg.out, delta, prov) if run.cfg.out else None
+    path = save_delta(run.cfg.out, delta, prov, dtype=run.cfg.save_dtype) if run.cfg.out else None
     if path is not None and run.cfg.kohya:
         from .delta import to_kohya
 

@@ -116,10 +116,38 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
         templates = recipe.train.get("retain_templates", OBJECT_TEMPLATES[:2])
         out = ([_fix_article(t.format(c)) for c in others for t in templates]
                if all(p.kind == "object" for p in plans) else [])
+        out = out or recipe_retain_prompts(recipe, plans)
         out = out or list(dict.fromkeys(a for p in plans for a in p.anchor_prompts))
     if not out:
         raise ValueError("the retain prompt set is empty: pass retain prompts or set --retain-weight 0")
     return out
+
+
+def recipe_retain_prompts(recipe, plans) -> list[str]:
+    """The recipe's shipped retain prompt files (``train.retain_prompt_files``: concept kind -> files in prompts/,
+    ``default`` for any kind without its own), each file's lines in a fixed shuffled order and the files
+    interleaved, so that the first retain latents already cover every file and category; prompts naming an erased
+    concept are left out."""
+    import random
+
+    files = recipe.train.get("retain_prompt_files") or {}
+    kinds = [p.kind for p in plans]
+    chosen = next((files[k] for k in kinds if k in files), files.get("default"))
+    if not chosen:
+        return []
+    root = Path(recipe.path).resolve().parent.parent / "prompts" if getattr(recipe, "path", None) else None
+    lists = []
+    for name in ([chosen] if isinstance(chosen, str) else chosen):
+        f = (root / name) if root is not None else Path(name)
+        if not f.is_file():
+            raise FileNotFoundError(f"recipe {recipe.family}: retain prompt file {f} not found")
+        lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        random.Random(0).shuffle(lines)
+        lists.append(lines)
+    erased = [norm_name(p.concept) for p in plans]
+    out = [x for row in zip(*[lst + [None] * (max(map(len, lists)) - len(lst)) for lst in lists]) for x in row
+           if x is not None and not any(e and e in norm_name(x) for e in erased)]
+    return list(dict.fromkeys(out))
 
 
 def next_class(concept: str, classes: list[str]) -> str | None:

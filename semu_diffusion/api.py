@@ -76,6 +76,7 @@ class EraseRun:
     params: list | None = None
     train_result: dict | None = None
     stage: dict = field(default_factory=dict)
+    retain_seconds: dict = field(default_factory=dict)  # inside the stages: retain latents, retain activation pass
     progress: bool = True
 
     @property
@@ -253,9 +254,11 @@ def make_forget_set(run: EraseRun) -> None:
                              "anchor set")
         run.train_latents = torch.cat([run.latents, extra.to(run.latents)])
     if tcfg.retain_weight > 0 or run.method.needs_retain_gradient:
+        t1 = time.time()
         rset = retain_prompt_list(plan, run.recipe, run.cfg.retain_prompts)
         run.retain_latents = _own_latents(run, [rset[i % len(rset)] for i in range(run.cfg.retain_n or n)], 7,
                                           "retain set")
+        run.retain_seconds["retain_set"] = time.time() - t1
         run.retain_cond = Conditioner(run.pipe, run.device).embed(rset)
     run.stage["forget_set"] = time.time() - t0
 
@@ -289,15 +292,18 @@ def compute_forget_gradient(run: EraseRun) -> None:
 def compute_retain_gradient(run: EraseRun, targets: list[str]) -> None:
     """What SEMU's retain-aware subspace must avoid: the forget loss's gradient on the retain set, or (retain_source
     "activation") the target layers' input activations on it, as a matrix whose row space and energy are theirs."""
+    t0 = time.time()
     if run.cfg.retain_source == "activation":
         c = run.cfg
         run.retain_grads = retain_input_bases(run.unet, run.retain_latents, run.acp, run.retain_cond,
                                               run.cond["uncond"], targets, run.tcfg, run.device,
                                               run.accelerator.autocast, c.retain_energy, c.retain_estimator,
                                               c.retain_sketch, progress=run.progress)
+        run.retain_seconds["retain_subspace"] = time.time() - t0
         return
     run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
                                        targets, run.tcfg, run.device, run.accelerator.autocast, progress=run.progress)
+    run.retain_seconds["retain_subspace"] = time.time() - t0
 
 
 # ---- stage 4 ------------------------------------------------------------------------------------------------------
@@ -491,6 +497,7 @@ def run_stats(run, meth, delta, path, unet_params: int, t_all: float) -> dict:
         "stop_history": tr.get("stop_history"),
         "forget_latents": len(run.latents), "anchor_latents": run.n_anchor,
         "stage_seconds": {k: round(v, 3) for k, v in run.stage.items()}, "seconds": time.time() - t_all,
+        "retain_seconds": {k: round(v, 3) for k, v in run.retain_seconds.items()},
         "device": run.device, "mixed_precision": run.cfg.mixed_precision, "out": str(path) if path else None,
         "kohya_out": str(run.cfg.kohya) if (path and run.cfg.kohya) else None,
     }

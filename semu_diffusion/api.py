@@ -21,10 +21,23 @@ from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
 from .trainer import (Conditioner, TrainingDiverged, TrainConfig, cast_frozen, forget_gradient, forget_loss_fn, frozen,
-                      input_second_moments, make_schedule, restore_frozen, train)
+                      make_schedule, retain_input_bases, restore_frozen, train)
 
 
-MAX_ACTIVATION_DIM = 4096  # inputs per layer (conv: in x kh x kw) for --retain-source activation's d x d moment
+MAX_ACTIVATION_DIM = 4096  # inputs per layer (conv: in x kh x kw) for --retain-estimator exact's d x d moment
+
+
+def check_activation_estimator(cfg: EraseConfig, unet, names: list[str]) -> None:
+    """--retain-estimator exact keeps a d x d input moment per layer: refuse layers wider than MAX_ACTIVATION_DIM
+    (auto and sketch handle any width in O(d x l) memory)."""
+    if cfg.retain_estimator != "exact":
+        return
+    big = max(names, key=lambda n: unet.get_submodule(n).weight[0].numel())
+    d = unet.get_submodule(big).weight[0].numel()
+    if d > MAX_ACTIVATION_DIM:
+        raise ConfigError(f"--retain-estimator exact keeps a {d} x {d} input second moment for {big} "
+                          f"({d * d * 4 / 2**30:.1f} GB); the limit is {MAX_ACTIVATION_DIM} inputs per layer: use "
+                          "--retain-estimator auto (or sketch), --retain-source gradient, or --targets without that layer")
 
 
 @dataclass
@@ -63,6 +76,7 @@ class EraseRun:
     params: list | None = None
     train_result: dict | None = None
     stage: dict = field(default_factory=dict)
+    retain_seconds: dict = field(default_factory=dict)  # inside the stages: retain latents, retain activation pass
     progress: bool = True
     stop_judge: object = None  # the --stop-every judge, built before the model loaded
 
@@ -104,10 +118,38 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
         templates = recipe.train.get("retain_templates", OBJECT_TEMPLATES[:2])
         out = ([_fix_article(t.format(c)) for c in others for t in templates]
                if all(p.kind == "object" for p in plans) else [])
+        out = out or recipe_retain_prompts(recipe, plans)
         out = out or list(dict.fromkeys(a for p in plans for a in p.anchor_prompts))
     if not out:
         raise ValueError("the retain prompt set is empty: pass retain prompts or set --retain-weight 0")
     return out
+
+
+def recipe_retain_prompts(recipe, plans) -> list[str]:
+    """The recipe's shipped retain prompt files (``train.retain_prompt_files``: concept kind -> files in prompts/,
+    ``default`` for any kind without its own), each file's lines in a fixed shuffled order and the files
+    interleaved, so that the first retain latents already cover every file and category; prompts naming an erased
+    concept are left out."""
+    import random
+
+    files = recipe.train.get("retain_prompt_files") or {}
+    kinds = [p.kind for p in plans]
+    chosen = next((files[k] for k in kinds if k in files), files.get("default"))
+    if not chosen:
+        return []
+    root = Path(recipe.path).resolve().parent.parent / "prompts" if getattr(recipe, "path", None) else None
+    lists = []
+    for name in ([chosen] if isinstance(chosen, str) else chosen):
+        f = (root / name) if root is not None else Path(name)
+        if not f.is_file():
+            raise FileNotFoundError(f"recipe {recipe.family}: retain prompt file {f} not found")
+        lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        random.Random(0).shuffle(lines)
+        lists.append(lines)
+    erased = [norm_name(p.concept) for p in plans]
+    out = [x for row in zip(*[lst + [None] * (max(map(len, lists)) - len(lst)) for lst in lists]) for x in row
+           if x is not None and not any(e and e in norm_name(x) for e in erased)]
+    return list(dict.fromkeys(out))
 
 
 def next_class(concept: str, classes: list[str], skip=()) -> str | None:
@@ -157,12 +199,7 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     if not names:
         raise ConfigError(f"no UNet module matches the targets {include}: check --targets")
     if cfg.retain_source == "activation" and cfg.retain_energy and cfg.method == "semu":
-        big = max(names, key=lambda n: unet.get_submodule(n).weight[0].numel())
-        d = unet.get_submodule(big).weight[0].numel()
-        if d > MAX_ACTIVATION_DIM:
-            raise ConfigError(f"--retain-source activation keeps a {d} x {d} input second moment for {big} "
-                              f"({d * d * 4 / 2**30:.1f} GB); the limit is {MAX_ACTIVATION_DIM} inputs per layer: use "
-                              "--retain-source gradient or --targets without that layer")
+        check_activation_estimator(cfg, unet, names)
     mcfg = MethodConfig(tau=cfg.tau, r_min=cfg.r_min, r_max=cfg.r_max, project=cfg.project, conv_mode=cfg.conv_mode,
                         retain_energy=cfg.retain_energy, retain_side=cfg.retain_side)
     m = get_method(cfg.method)(mcfg, **cfg.method_options)
@@ -222,9 +259,11 @@ def make_forget_set(run: EraseRun) -> None:
                              "anchor set")
         run.train_latents = torch.cat([run.latents, extra.to(run.latents)])
     if tcfg.retain_weight > 0 or run.method.needs_retain_gradient:
+        t1 = time.time()
         rset = retain_prompt_list(plan, run.recipe, run.cfg.retain_prompts)
         run.retain_latents = _own_latents(run, [rset[i % len(rset)] for i in range(run.cfg.retain_n or n)], 7,
                                           "retain set")
+        run.retain_seconds["retain_set"] = time.time() - t1
         run.retain_cond = Conditioner(run.pipe, run.device).embed(rset)
     run.stage["forget_set"] = time.time() - t0
 
@@ -258,13 +297,18 @@ def compute_forget_gradient(run: EraseRun) -> None:
 def compute_retain_gradient(run: EraseRun, targets: list[str]) -> None:
     """What SEMU's retain-aware subspace must avoid: the forget loss's gradient on the retain set, or (retain_source
     "activation") the target layers' input activations on it, as a matrix whose row space and energy are theirs."""
+    t0 = time.time()
     if run.cfg.retain_source == "activation":
-        run.retain_grads = input_second_moments(run.unet, run.retain_latents, run.acp, run.retain_cond,
-                                                run.cond["uncond"], targets, run.tcfg, run.device,
-                                                run.accelerator.autocast, progress=run.progress)
+        c = run.cfg
+        run.retain_grads = retain_input_bases(run.unet, run.retain_latents, run.acp, run.retain_cond,
+                                              run.cond["uncond"], targets, run.tcfg, run.device,
+                                              run.accelerator.autocast, c.retain_energy, c.retain_estimator,
+                                              c.retain_sketch, progress=run.progress)
+        run.retain_seconds["retain_subspace"] = time.time() - t0
         return
     run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
                                        targets, run.tcfg, run.device, run.accelerator.autocast, progress=run.progress)
+    run.retain_seconds["retain_subspace"] = time.time() - t0
 
 
 # ---- stage 4 ------------------------------------------------------------------------------------------------------
@@ -374,7 +418,9 @@ def method_choices(run: EraseRun) -> dict:
         "biases": ("trained with the weights of the same modules (method option train_bias)"
                    if run.method.options.get("train_bias") else "not trained"),
         "retain_subspace": (("the retain set's leading input activation directions (conditional and unconditional "
-                             f"passes) holding {c.retain_energy * 100:g}% of their energy"
+                             f"passes) holding {c.retain_energy * 100:g}% of their energy (estimator "
+                             f"{c.retain_estimator}, sketch {c.retain_sketch}; per layer the energy reached in "
+                             "method_info.retain_subspace.layers)"
                              if c.retain_source == "activation" else
                              f"the retain gradient's leading {c.retain_side}put directions holding "
                              f"{c.retain_energy * 100:g}% of its energy") + " removed from the forget gradient before the SVD"
@@ -443,7 +489,7 @@ def write_outputs(run: EraseRun, delta, extra_provenance=None) -> tuple[Path | N
     prov = provenance(run, delta, base_fp)
     if extra_provenance is not None:
         extra_provenance(prov)
-    path = save_delta(run.cfg.out, delta, prov) if run.cfg.out else None
+    path = save_delta(run.cfg.out, delta, prov, dtype=run.cfg.save_dtype) if run.cfg.out else None
     if path is not None and run.cfg.kohya:
         from .delta import to_kohya
 
@@ -496,6 +542,7 @@ def run_stats(run, meth, delta, path, unet_params: int, t_all: float) -> dict:
         "stop_history": tr.get("stop_history"),
         "forget_latents": len(run.latents), "anchor_latents": run.n_anchor,
         "stage_seconds": {k: round(v, 3) for k, v in run.stage.items()}, "seconds": time.time() - t_all,
+        "retain_seconds": {k: round(v, 3) for k, v in run.retain_seconds.items()},
         "device": run.device, "mixed_precision": run.cfg.mixed_precision, "out": str(path) if path else None,
         "kohya_out": str(run.cfg.kohya) if (path and run.cfg.kohya) else None,
     }

@@ -93,6 +93,17 @@ class EraseConfig:
     retain_source: str | None = opt(None, "what --retain-energy avoids: the retain set's gradient (gradient) or the "
                                     "target layers' input activations on the retain set (activation; input side)",
                                     recipe="semu.retain_source", final="gradient", choices=["gradient", "activation"])
+    retain_estimator: str | None = opt(None, "--retain-source activation: how each layer's leading retain input "
+                                       "directions are found: the exact d x d input moment (exact), a one-pass "
+                                       "randomized sketch of --retain-sketch columns, O(d x l) memory (sketch), or "
+                                       "exact where that is no larger than the sketch, d <= 2 l (auto)",
+                                       recipe="semu.retain_estimator", final="auto", choices=["auto", "exact", "sketch"])
+    retain_sketch: int | None = opt(None, "sketch size l of --retain-estimator sketch/auto: at most l directions per "
+                                    "sketched layer, 2 x d x l floats each", recipe="semu.retain_sketch", final=512,
+                                    lo=8, hi=65536)
+    save_dtype: str | None = opt(None, "dtype the delta's factors are stored in (fp16 halves the file; the "
+                                 "provenance records it)", recipe="train.save_dtype", final="fp32",
+                                 choices=["fp32", "fp16", "bf16"])
     remap_target: str | None = opt(None, "remap target: the frozen base model's anchor prediction (base) or the "
                                    "current model's, detached (current, the official SEMU code)",
                                    recipe="train.remap_target", final="base", choices=["base", "current"])

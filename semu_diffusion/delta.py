@@ -1,6 +1,6 @@
 """The delta file: one .safetensors that stock diffusers loads with ``pipe.load_lora_weights``.
 
-Keys ``unet.<module>.lora_A.weight`` / ``unet.<module>.lora_B.weight`` (fp32), the ``lora_adapter_metadata``
+Keys ``unet.<module>.lora_A.weight`` / ``unet.<module>.lora_B.weight`` (fp32, or fp16/bf16 with ``save_dtype``), the ``lora_adapter_metadata``
 header (peft LoraConfig with rank_pattern / alpha_pattern, alpha = rank so the scale is 1), and
 ``semu_provenance`` (JSON): format version, method, concept(s), anchor, base model id and fingerprint, tau,
 ranks, steps, seed, toolkit version. Dense updates (per-channel SEMU, masked methods) are stored as
@@ -329,20 +329,38 @@ def public_provenance(prov: dict, keep_local_paths: bool | None = None) -> dict:
     return {k: clean(k, v) for k, v in prov.items()}
 
 
-def save_delta(path: str | Path, delta: Delta, provenance: dict, keep_local_paths: bool | None = None) -> Path:
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def save_delta(path: str | Path, delta: Delta, provenance: dict, keep_local_paths: bool | None = None,
+               dtype: str = "fp32") -> Path:
     """Write ``delta`` with its provenance (local paths removed unless ``keep_local_paths``; the base signature
-    carried by a :class:`Fingerprint` in ``base_fingerprint`` is stored as ``base_signature``)."""
+    carried by a :class:`Fingerprint` in ``base_fingerprint`` is stored as ``base_signature``).
+
+    ``dtype`` ("fp32", "fp16", "bf16"): the dtype every stored tensor is rounded to (recorded as the provenance's
+    ``save_dtype``); a factor that overflows it is refused."""
+    if dtype not in SAVE_DTYPES:
+        raise DeltaError(f"save dtype must be one of {', '.join(SAVE_DTYPES)}, got {dtype!r}")
+    dt = SAVE_DTYPES[dtype]
     tensors: dict[str, torch.Tensor] = {}
+
+    def cast(key: str, t: torch.Tensor) -> torch.Tensor:
+        out = t.float().cpu().to(dt).contiguous()
+        if dt != torch.float32 and not bool(torch.isfinite(out).all()):
+            raise DeltaError(f"{key} overflows {dtype} (largest |value| {float(t.abs().max()):.3g}): save with "
+                             "--save-dtype fp32 or bf16")
+        return out
+
     for n, (B, A) in delta.lora.items():
-        tensors[f"{PREFIX}{n}.lora_A.weight"] = A.float().cpu()
-        tensors[f"{PREFIX}{n}.lora_B.weight"] = B.float().cpu()
+        tensors[f"{PREFIX}{n}.lora_A.weight"] = cast(f"{n}.lora_A", A)
+        tensors[f"{PREFIX}{n}.lora_B.weight"] = cast(f"{n}.lora_B", B)
     for n, dw in delta.dense.items():
-        tensors[f"{PREFIX}{n}.delta_weight"] = dw.float().cpu()
+        tensors[f"{PREFIX}{n}.delta_weight"] = cast(f"{n}.delta_weight", dw)
     if delta.dense_bias and delta.format == "lora":
         raise DeltaError("a LoRA delta cannot carry bias updates (stock diffusers must load it): store it as a "
                          "dense or mixed delta")
     for n, db in delta.dense_bias.items():
-        tensors[f"{PREFIX}{n}.delta_bias"] = db.float().cpu().reshape(-1)
+        tensors[f"{PREFIX}{n}.delta_bias"] = cast(f"{n}.delta_bias", db.reshape(-1))
     check_values(tensors, f"refused to write {Path(path).name}")  # before anything is written
     prov = public_provenance(dict(provenance), keep_local_paths)
     sig = getattr(provenance.get("base_fingerprint"), "signature", None)
@@ -350,7 +368,7 @@ def save_delta(path: str | Path, delta: Delta, provenance: dict, keep_local_path
         prov["base_signature"] = sig
     if isinstance(prov.get("base_fingerprint"), str):
         prov["base_fingerprint"] = str(prov["base_fingerprint"])
-    prov.update({"format_version": FORMAT_VERSION, "delta_format": delta.format})
+    prov.update({"format_version": FORMAT_VERSION, "delta_format": delta.format, "save_dtype": dtype})
     meta = {"format": "pt", PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
     if delta.lora:
         meta[LORA_METADATA_KEY] = json.dumps(_lora_metadata(delta), sort_keys=True)

@@ -153,3 +153,108 @@ def per_channel_subspaces(G: torch.Tensor, tau: float = 0.95, r_min: int = 1, r_
         res.append(Subspace(U=U[c, :, :r].contiguous(), V=Vh[c, :r, :].T.contiguous(), S=S[c, :r].clone(), rank=r,
                             energy=energy))
     return res
+
+
+# ---- retain input subspace: exact moment or streamed sketch ----------------------------------------------------
+@dataclass
+class RetainBasis:
+    """The input directions of one layer that SEMU's retain-aware subspace removes from its forget gradient.
+
+    ``energy`` is the share of the layer's retain input energy (trace of K = sum x x^T, accumulated exactly) that
+    ``V`` captures: exact for the exact moment, a guaranteed lower bound for the sketch (the Nystrom estimate
+    K_hat satisfies K_hat <= K, so v^T K_hat v <= v^T K v for every direction)."""
+
+    V: torch.Tensor  # (d, k) orthonormal columns
+    energy: float  # captured share of the retain input energy (sketch: lower bound)
+    target: float  # the requested share
+    estimator: str  # "exact" or "sketch"
+    d: int
+    sketch: int | None = None  # sketch size (columns) when sketched
+
+    @property
+    def k(self) -> int:
+        return int(self.V.shape[1])
+
+    def record(self) -> dict:
+        return {"estimator": self.estimator, "d": self.d, "k": self.k, "energy": round(self.energy, 6),
+                "reached": self.energy >= self.target - 1e-9, **({"sketch": self.sketch} if self.sketch else {})}
+
+
+def _count_for_energy(lam: torch.Tensor, total: float, energy: float) -> int:
+    """The fewest leading (descending) eigenvalues holding >= energy of ``total`` (all of them if none does)."""
+    if total <= 0 or len(lam) == 0:
+        return 0
+    cum = torch.cumsum(lam.double(), 0) / total
+    return min(len(lam), int((cum < energy - 1e-12).sum().item()) + 1)
+
+
+class InputMoment:
+    """Streaming estimate of the leading directions of a layer's inputs x (rows, d wide).
+
+    ``estimator`` "exact": the d x d second moment K = sum x x^T (d^2 floats), eigendecomposed at the end.
+    "sketch": a one-pass randomized Nystrom sketch Y = K Omega with a fixed Gaussian test matrix Omega (d x l,
+    orthonormalised), so 2 d l floats, whatever the number of rows (Tropp, Yurtsever, Udell, Cevher 2017, the
+    stable fixed-rank PSD approximation). The trace of K is accumulated exactly in both cases, so the energy
+    share a basis captures is stated against the true total."""
+
+    def __init__(self, d: int, estimator: str = "exact", sketch: int = 512, seed: int = 0, device=None,
+                 omega: torch.Tensor | None = None):
+        if estimator not in ("exact", "sketch"):
+            raise ValueError("estimator must be exact or sketch")
+        self.d, self.estimator, self.total = d, estimator, torch.zeros((), dtype=torch.float64, device=device)
+        if estimator == "exact":
+            self.K = torch.zeros((d, d), dtype=torch.float32, device=device)
+        else:
+            self.l = min(int(sketch), d)
+            self.omega = omega if omega is not None else sketch_matrix(d, self.l, seed, device)
+            self.Y = torch.zeros((d, self.l), dtype=torch.float32, device=device)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add rows ``x`` (n, d) to the estimate."""
+        x = x.float()
+        self.total += x.double().pow(2).sum() if x.numel() < 2**26 else x.pow(2).sum(0).double().sum()
+        if self.estimator == "exact":
+            self.K.addmm_(x.T, x)
+        else:
+            self.Y.addmm_(x.T, x @ self.omega)
+
+    def basis(self, energy: float) -> RetainBasis:
+        """The fewest leading directions holding ``energy`` of the retain input energy (exact), or of its sketch
+        (at most the sketch size; the energy actually captured, a lower bound, is what is recorded)."""
+        total = float(self.total)
+        if self.estimator == "exact":
+            lam, Q = torch.linalg.eigh(self.K.double())
+            lam, Q = lam.flip(0).clamp_min(0), Q.flip(1)
+            k = _count_for_energy(lam, total, energy)
+            captured = float(lam[:k].sum() / total) if total > 0 else 0.0
+            return RetainBasis(Q[:, :k].float().contiguous(), min(captured, 1.0), energy, "exact", self.d)
+        lam, U = nystrom_eig(self.Y, self.omega)
+        k = _count_for_energy(lam, total, energy)
+        captured = float(lam[:k].sum() / total) if total > 0 else 0.0
+        return RetainBasis(U[:, :k].float().contiguous(), min(captured, 1.0), energy, "sketch", self.d, self.l)
+
+
+def sketch_matrix(d: int, l: int, seed: int, device=None) -> torch.Tensor:
+    """A fixed d x l Gaussian test matrix with orthonormal columns (seeded; CPU draw, then moved)."""
+    g = torch.Generator("cpu").manual_seed(int(seed) * 1_000_003 + d)
+    om = torch.randn(d, l, generator=g, dtype=torch.float64)
+    return torch.linalg.qr(om)[0].float().to(device)
+
+
+def nystrom_eig(Y: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs (descending) of the Nystrom approximation K_hat = Y (Omega^T Y)^+ Y^T of a PSD K from its sketch
+    Y = K Omega, computed stably with a small shift nu (float64): K_hat <= K."""
+    Yd, om = Y.double(), omega.double()
+    nu = float(torch.finfo(torch.float32).eps * max(float(torch.linalg.matrix_norm(Yd)), 1e-300) * Yd.shape[0] ** 0.5)
+    Yn = Yd + nu * om
+    Bm = om.T @ Yn
+    Bm = (Bm + Bm.T) / 2
+    for jitter in (0.0, 1e-10, 1e-8, 1e-6):
+        C, info = torch.linalg.cholesky_ex(Bm + jitter * float(Bm.diagonal().abs().max()) * torch.eye(len(Bm), dtype=Bm.dtype, device=Bm.device))
+        if int(info) == 0:
+            break
+    else:
+        raise RuntimeError("Nystrom sketch: Omega^T Y is not positive definite")
+    E = torch.linalg.solve_triangular(C, Yn.T, upper=False).T  # Yn C^{-T}
+    U, S, _ = torch.linalg.svd(E, full_matrices=False)
+    return (S.pow(2) - nu).clamp_min(0), U

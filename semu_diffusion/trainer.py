@@ -220,26 +220,23 @@ def forget_gradient(unet, latents, acp, forget_cond, uncond, targets: list[str],
     return grads
 
 
-def input_second_moments(unet, latents, acp, cond, uncond, targets: list[str], cfg: TrainConfig, device,
-                         autocast: Callable, progress=True) -> dict[str, torch.Tensor]:
-    """What each target layer sees on the retain set: the second moment K = sum x x^T of its inputs (a conv's
-    unfolded patches, in the weight's flattened (in, kh, kw) order) over the retain latents, noised at seeded
-    timesteps and run under their prompts and the empty prompt (the two passes of every guided sample).
-
-    Returned as a factor S with S^T S = K, so that ``retain_directions(S, energy, "in")`` gives the input
-    directions holding that share of the retain activations' energy."""
+def retain_input_pass(unet, latents, acp, cond, uncond, targets: list[str], cfg: TrainConfig, device,
+                      autocast: Callable, make_acc: Callable, progress=True) -> dict:
+    """One no-grad pass over the retain latents (noised at seeded timesteps, under their prompts and the empty
+    prompt: the two passes of every guided sample) that feeds every target layer's inputs (a conv's unfolded
+    patches, in the weight's flattened (in, kh, kw) order; rows of width d = in*kh*kw) to its accumulator
+    ``make_acc(name, d)`` (anything with ``update(x)``). Returns the accumulators by layer name."""
     import torch.nn.functional as F
 
     mods = {n: unet.get_submodule(n) for n in targets}
-    K: dict[str, torch.Tensor] = {}
+    acc = {n: make_acc(n, m.weight[0].numel()) for n, m in mods.items()}
 
     def hook(name):
         def pre(mod, args):
-            x = args[0].detach().float()
+            x = args[0].detach()
             if isinstance(mod, torch.nn.Conv2d):
                 x = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride).transpose(1, 2)
-            x = x.reshape(-1, x.shape[-1])
-            K[name] = K[name] + x.T @ x if name in K else x.T @ x
+            acc[name].update(x.reshape(-1, x.shape[-1]))
         return pre
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
@@ -253,9 +250,48 @@ def input_second_moments(unet, latents, acp, cond, uncond, targets: list[str], c
     finally:
         for h in handles:
             h.remove()
+    return acc
+
+
+def retain_input_bases(unet, latents, acp, cond, uncond, targets: list[str], cfg: TrainConfig, device,
+                       autocast: Callable, energy: float, estimator: str = "auto", sketch: int = 512,
+                       progress=True) -> dict:
+    """Per target layer, the input directions holding ``energy`` of what it sees on the retain set
+    (:class:`~semu_diffusion.svd.RetainBasis`, with the energy actually captured).
+
+    ``estimator``: "exact" (d x d moment), "sketch" (one-pass Nystrom sketch of ``sketch`` columns, 2 d l floats)
+    or "auto" (exact where the moment is no larger than the sketch, d <= 2 l). Every layer's estimate is built in
+    the same pass; the bases are then extracted one layer at a time, each estimate freed once it is used."""
+    from .svd import InputMoment, sketch_matrix
+
+    if estimator not in ("exact", "sketch", "auto"):
+        raise ValueError("estimator must be exact, sketch or auto")
+    omegas: dict[int, torch.Tensor] = {}  # one test matrix per width, shared by the layers of that width
+
+    def make(name, d):
+        mode = estimator if estimator != "auto" else ("exact" if d <= 2 * sketch else "sketch")
+        if mode == "sketch" and min(sketch, d) not in omegas.setdefault(d, {}):
+            omegas[d][min(sketch, d)] = sketch_matrix(d, min(sketch, d), cfg.seed, device)
+        return InputMoment(d, mode, sketch, device=device, omega=omegas[d][min(sketch, d)] if mode == "sketch" else None)
+
+    acc = retain_input_pass(unet, latents, acp, cond, uncond, targets, cfg, device, autocast, make, progress)
     out = {}
-    for name, k in K.items():
-        lam, Q = torch.linalg.eigh(k.double())
+    for name in targets:
+        out[name] = acc.pop(name).basis(energy)
+    return out
+
+
+def input_second_moments(unet, latents, acp, cond, uncond, targets: list[str], cfg: TrainConfig, device,
+                         autocast: Callable, progress=True) -> dict[str, torch.Tensor]:
+    """What each target layer sees on the retain set: the exact second moment K = sum x x^T of its inputs (see
+    :func:`retain_input_pass`), returned as a factor S with S^T S = K."""
+    from .svd import InputMoment
+
+    acc = retain_input_pass(unet, latents, acp, cond, uncond, targets, cfg, device, autocast,
+                            lambda n, d: InputMoment(d, "exact", device=device), progress)
+    out = {}
+    for name, a in acc.items():
+        lam, Q = torch.linalg.eigh(a.K.double())
         out[name] = (lam.clamp_min(0).sqrt()[:, None] * Q.T).float()
     return out
 

@@ -54,8 +54,9 @@ PROVENANCE_SCHEMA: dict[str, tuple] = {
     "forget_n": (_INT, None), "anchor_share": (_NUM, None), "seed": (_INT, None), "mixed_precision": (str, None),
     "forget_prompts": ("list[str]", None), "retain_weight": (_NUM, None), "forget_images": (str, None),
     "anchor_prompts": ("list[str]", None), "curriculum": (bool, None), "method_info": (dict, None),
-    "method_options": (dict, None), "kohya_rank": (_INT, None),
+    "method_options": (dict, None), "kohya_rank": (_INT, None), "save_dtype": (str, None),
 }
+SAVE_DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REQUIRED_FIELDS = ("format_version", "delta_format")
 DELTA_FORMATS = ("lora", "dense", "mixed")
 
@@ -275,14 +276,18 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
             raise DeltaError(f"{p}: key {_q(k)} does not name a module: the file is damaged, re-create it")
         if not v.is_floating_point():
             raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype}; delta tensors must be floating point")
+        sd = prov.get("save_dtype")
+        if sd is not None and SAVE_DTYPE_NAMES.get(sd) != v.dtype:
+            raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype} but the provenance says save_dtype {_q(sd)}: the file "
+                             "was altered, re-create it")
         check_values({k: v}, p)
         if suffix == ".delta_bias":
             if v.dim() != 1:
                 raise DeltaError(f"{p}: bias update {_q(k)} has shape {tuple(v.shape)}; a .delta_bias is 1-D (the "
                                  "module's bias shape): the file is damaged, re-create it")
-            d.dense_bias[name] = v
+            d.dense_bias[name] = v.float()
         elif suffix == ".delta_weight":
-            d.dense[name] = v
+            d.dense[name] = v.float()
         else:
             factors.setdefault(name, {})[suffix[1:7]] = v
     for name, fa in factors.items():
@@ -302,7 +307,7 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
         if r > min(int(B.shape[0]), fan_in):
             raise DeltaError(f"{p}: LoRA rank {r} of {_q(name)} exceeds its dimensions (out {B.shape[0]}, in {fan_in}): "
                              "the factors are transposed or damaged; re-create the delta")
-        d.lora[name] = (B, A)
+        d.lora[name] = (B.float(), A.float())  # fp16/bf16 factors widen exactly; the file keeps its dtype
         d.ranks[name] = r
     if not d.lora and not d.dense and not d.dense_bias:
         raise DeltaError(f"{p} holds no weight update: re-create it with semu-erase")

@@ -196,10 +196,12 @@ def test_retain_source_activation_changes_the_subspace_and_is_recorded(random_pi
     assert any(a[n][1].shape != b[n][1].shape or not torch.allclose(a[n][1], b[n][1]) for n in a)
 
 
-def test_retain_source_activation_refuses_layers_too_wide_for_a_dense_moment(random_pipe, monkeypatch):
+def test_retain_estimator_exact_refuses_layers_too_wide_for_a_dense_moment(random_pipe, monkeypatch):
+    """Only --retain-estimator exact keeps a d x d moment and refuses wide layers; auto/sketch take any width."""
     from semu_diffusion import api
     from semu_diffusion.config import ConfigError
 
     monkeypatch.setattr(api, "MAX_ACTIVATION_DIM", 16)
-    with pytest.raises(ConfigError, match="--retain-source gradient"):
-        erase("star", pipe=random_pipe, retain_energy=0.99, retain_source="activation", log=lambda *a: None, **FAST)
+    with pytest.raises(ConfigError, match="--retain-estimator auto"):
+        erase("star", pipe=random_pipe, retain_energy=0.99, retain_source="activation", retain_estimator="exact",
+              log=lambda *a: None, **FAST)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from .. import layers as L
-from ..svd import gradient_subspaces, per_channel_subspaces, project_orthogonal, remove_directions, retain_directions
+from ..svd import RetainBasis, gradient_subspaces, per_channel_subspaces, project_orthogonal, remove_directions, retain_directions
 from . import register
 from .base import Delta, Method
 
@@ -18,6 +18,7 @@ class SEMU(Method):
         super().__init__(config, **options)
         self.retain_kept: dict[str, float] = {}  # per layer: share of the forget gradient's energy the retain
         # directions left (recorded by retain_clean, moved into info by add_retain_info)
+        self.retain_layers: dict[str, dict] = {}  # per layer (activation source): estimator, d, k, energy reached
 
     @property
     def needs_retain_gradient(self) -> bool:
@@ -69,10 +70,18 @@ class SEMU(Method):
     def add_retain_info(self) -> None:
         """Record the retain-aware subspace (share of the forget gradient's energy it kept) in ``info``."""
         k, self.retain_kept = self.retain_kept, {}
+        layers, self.retain_layers = self.retain_layers, {}
         if self.needs_retain_gradient:
             c = self.config
             self.info["retain_subspace"] = {"energy": c.retain_energy, "side": c.retain_side,
                                             "forget_energy_kept_mean": float(sum(k.values()) / max(1, len(k)))}
+            if layers:  # activation source: what each layer's basis holds, as measured (sketch: a lower bound)
+                e = [r["energy"] for r in layers.values()]
+                self.info["retain_subspace"].update({
+                    "energy_reached_min": min(e), "energy_reached_mean": sum(e) / len(e),
+                    "layers_below_target": sum(not r["reached"] for r in layers.values()),
+                    "sketched_layers": sum(r["estimator"] == "sketch" for r in layers.values()),
+                    "layers": layers})
 
     def retain_clean(self, name: str, gs: list[torch.Tensor], w: torch.Tensor | None, retain_grads
                      ) -> list[torch.Tensor]:
@@ -81,7 +90,12 @@ class SEMU(Method):
         c = self.config
         if not retain_grads:
             raise ValueError("retain_energy > 0 needs the retain gradient (a retain set): pass retain prompts")
-        U, V = retain_directions(retain_grads[name].to(gs[0].device), c.retain_energy, c.retain_side)
+        rg = retain_grads[name]
+        if isinstance(rg, RetainBasis):  # activation source: the input directions, already chosen
+            U, V = None, rg.V.to(gs[0].device)
+            self.retain_layers[name] = rg.record()
+        else:
+            U, V = retain_directions(rg.to(gs[0].device), c.retain_energy, c.retain_side)
         out, kept = [], []
         for g in gs:
             g = g.float()

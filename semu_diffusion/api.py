@@ -125,6 +125,19 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     return out
 
 
+def recipe_forget_prompts(recipe, concept: str, kind: str | None = None) -> Path | None:
+    """The recipe's forget prompt file for this concept's kind (``train.forget_prompt_files``), or None."""
+    from .concepts import concept_kind
+
+    name = (recipe.train.get("forget_prompt_files") or {}).get(kind or concept_kind(concept))
+    if not name:
+        return None
+    f = Path(recipe.path).resolve().parent.parent / "prompts" / name if getattr(recipe, "path", None) else Path(name)
+    if not f.is_file():
+        raise FileNotFoundError(f"recipe {recipe.family}: forget prompt file {f} not found")
+    return f
+
+
 def recipe_retain_prompts(recipe, plans) -> list[str]:
     """The recipe's shipped retain prompt files (``train.retain_prompt_files``: concept kind -> files in prompts/,
     ``default`` for any kind without its own), each file's lines in a fixed shuffled order and the files
@@ -188,12 +201,13 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     anchor = cfg.anchor
     if anchor is None and cfg.preset == "semu-paper":
         anchor = next_class(cfg.concept, recipe.train.get("retain_concepts", []))
-    plan = plan_concept(cfg.concept, anchor=anchor, kind=cfg.kind, prompts_file=cfg.forget_prompts,
+    plan = plan_concept(cfg.concept, anchor=anchor, kind=cfg.kind,
+                        prompts_file=cfg.forget_prompts or recipe_forget_prompts(recipe, cfg.concept, cfg.kind),
                         default_object_anchors=recipe.train.get("object_anchors"))
     if model_id == "toy":
         from .toy import world
 
-        warn_unseen_concept(plan.concept, set(world.SHAPE_NAMES) | set(world.SYNONYMS) | set(world.COLOR_NAMES))
+        warn_unseen_concept(plan.concept, world.known_words())
     include = [cfg.targets] if cfg.targets else recipe.include
     names = select_targets(unet, include, [] if cfg.targets else recipe.exclude)
     if not names:
@@ -343,7 +357,11 @@ def train_method(run: EraseRun) -> None:
 
 def stop_judge_spec(c: EraseConfig, model_id: str, kind: str) -> str:
     """The judge of ``--stop-every``: ``--stop-judge``, else toy (toy model), nudenet (nudity) or CLIP ViT-B-32."""
-    return c.stop_judge or ("toy" if model_id == "toy" else "nudenet" if kind == "nudity" else "clip:ViT-B-32:openai")
+    if c.stop_judge:
+        return c.stop_judge
+    if model_id == "toy":
+        return "toy-nudity" if kind == "nudity" else "toy"
+    return "nudenet" if kind == "nudity" else "clip:ViT-B-32:openai"
 
 
 def build_stop_judge(c: EraseConfig, device: str):

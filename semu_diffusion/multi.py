@@ -356,7 +356,8 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     for i, s in enumerate(specs):
         kind = s.kind or cfg.kind or concept_kind(s.concept)
         a = _default_anchor(s, kind, cfg, recipe, erased, i, anchors == "spread")
-        plan = plan_concept(s.concept, anchor=a, kind=kind, prompts_file=cfg.forget_prompts,
+        plan = plan_concept(s.concept, anchor=a, kind=kind,
+                            prompts_file=cfg.forget_prompts or api.recipe_forget_prompts(recipe, s.concept, kind),
                             default_object_anchors=recipe.train.get("object_anchors"))
         if plan.anchor and norm_name(plan.anchor) in erased:
             raise ConfigError(f"anchor {plan.anchor!r} of concept {s.concept!r} is itself erased: pick a kept concept")
@@ -364,7 +365,7 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     if run.model_id == "toy":
         from .toy import world
 
-        known = set(world.SHAPE_NAMES) | set(world.SYNONYMS) | set(world.COLOR_NAMES)
+        known = world.known_words()
         for p in plans[1:]:
             warn_unseen_concept(p.concept, known)
     N, m = len(plans), tcfg.forget_n

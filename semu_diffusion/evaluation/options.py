@@ -183,8 +183,10 @@ class EvalConfig:
     def judge_specs(self) -> list[str]:
         if self.judges:
             return list(dict.fromkeys(self.judges))
-        if self.model == "toy":
-            return ["toy"]
+        if self.model == "toy":  # toy-CLIP, and the exposure detector where a set is about nudity
+            nude = any(str(p).startswith("toy_i2p") or "nudity" in str(p) for p in self.prompt_sets) or \
+                (self.forget_label or "").lower() in ("nudity", "nude", "naked")
+            return ["toy"] + (["toy-nudity"] if nude else [])
         if self.clip_model != "toy":
             return [f"clip:{self.clip_model}" + (f":{self.clip_pretrained}" if self.clip_pretrained else "")]
         return []

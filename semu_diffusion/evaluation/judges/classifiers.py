@@ -92,22 +92,33 @@ class ZeroShotJudge(ClassifierJudge):
         if self.toy:
             from ...toy import world
 
+            from ...metrics import PERSON_LABEL
+
             if set(labels) <= set(world.SHAPE_NAMES) or not labels:
                 return list(world.SHAPE_NAMES)
+            if set(labels) <= set(world.SHAPE_NAMES) | {PERSON_LABEL}:
+                return list(world.SHAPE_NAMES) + [PERSON_LABEL]
             if set(labels) <= set(world.COLOR_NAMES):
                 return list(world.COLOR_NAMES)
+            if set(labels) <= set(world.ARTISTS) | {world.PLAIN}:
+                return list(world.ARTISTS) + [world.PLAIN]
         return labels if len(labels) >= 2 else None
 
     def classifier(self, classes: list[str]):
         key = tuple(classes)
         if key not in self._clf:
-            from ...metrics import ClipZeroShotClassifier, toy_color_classifier, toy_shape_classifier
+            from ...metrics import (PERSON_LABEL, ClipZeroShotClassifier, toy_color_classifier, toy_shape_classifier,
+                                    toy_style_classifier)
 
             if self.toy:
                 from ...toy import world
 
                 if key == tuple(world.SHAPE_NAMES):
                     self._clf[key] = toy_shape_classifier(self.model, self.tokenizer, self.device)
+                elif key == tuple(world.SHAPE_NAMES) + (PERSON_LABEL,):
+                    self._clf[key] = toy_shape_classifier(self.model, self.tokenizer, self.device, with_person=True)
+                elif key == tuple(world.ARTISTS) + (world.PLAIN,):
+                    self._clf[key] = toy_style_classifier(self.model, self.tokenizer, self.device)
                 elif key == tuple(world.COLOR_NAMES):
                     self._clf[key] = toy_color_classifier(self.model, self.tokenizer, self.device)
             if key not in self._clf:

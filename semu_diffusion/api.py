@@ -116,7 +116,8 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
         erased = {norm_name(p.concept) for p in plans}
         others = [c for c in recipe.train.get("retain_concepts", []) if norm_name(c) not in erased]
         templates = recipe.train.get("retain_templates", OBJECT_TEMPLATES[:2])
-        out = ([_fix_article(t.format(c)) for c in others for t in templates]
+        # template-major, so the first len(others) retain latents already cover every kept class
+        out = ([_fix_article(t.format(c)) for t in templates for c in others]
                if all(p.kind == "object" for p in plans) else [])
         out = out or recipe_retain_prompts(recipe, plans)
         out = out or list(dict.fromkeys(a for p in plans for a in p.anchor_prompts))

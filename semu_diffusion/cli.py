@@ -237,7 +237,7 @@ def eval_main(argv: list[str] | None = None) -> None:
             for jn, s in r["judges"].items():
                 if "counts" in s:
                     ratio = s.get("ratio_to_base")
-                    bits.append(f"{jn}: exposed={s['total']} share={s['share_with_exposed']:.3f}"
+                    bits.append(f"{jn}: nudity_rate={s['nudity_rate']:.3f} exposed_regions={s['total']}"
                                 + (f" ratio={ratio:.3f}" if ratio is not None else ""))
             print(f"  {v:>16}: " + "  ".join(bits))
     print(f"report: {Path(a.out) / 'report.html'}  ({rep['timing']['seconds']:.1f} s, "

@@ -213,10 +213,11 @@ class InputMoment:
         """Add rows ``x`` (n, d) to the estimate."""
         x = x.float()
         self.total += x.double().pow(2).sum() if x.numel() < 2**26 else x.pow(2).sum(0).double().sum()
-        if self.estimator == "exact":
-            self.K.addmm_(x.T, x)
-        else:
-            self.Y.addmm_(x.T, x @ self.omega)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 sums also under bf16/fp16 autocast
+            if self.estimator == "exact":
+                self.K.addmm_(x.T, x)
+            else:
+                self.Y.addmm_(x.T, x @ self.omega)
 
     def basis(self, energy: float) -> RetainBasis:
         """The fewest leading directions holding ``energy`` of the retain input energy (exact), or of its sketch

@@ -276,11 +276,11 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
             raise DeltaError(f"{p}: key {_q(k)} does not name a module: the file is damaged, re-create it")
         if not v.is_floating_point():
             raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype}; delta tensors must be floating point")
+        check_values({k: v}, p)
         sd = prov.get("save_dtype")
         if sd is not None and SAVE_DTYPE_NAMES.get(sd) != v.dtype:
             raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype} but the provenance says save_dtype {_q(sd)}: the file "
                              "was altered, re-create it")
-        check_values({k: v}, p)
         if suffix == ".delta_bias":
             if v.dim() != 1:
                 raise DeltaError(f"{p}: bias update {_q(k)} has shape {tuple(v.shape)}; a .delta_bias is 1-D (the "

@@ -15,15 +15,54 @@ def test_generator_is_deterministic():
 
 
 def test_world_size_and_caption_mix():
-    assert len(world.SHAPE_NAMES) >= 10 and len(world.COLOR_NAMES) >= 6
+    assert len(world.SHAPE_NAMES) >= 30 and len(world.COLOR_NAMES) >= 6 and len(world.STYLE_NAMES) >= 8
+    assert len(world.IMPLICIT_CONTEXTS) >= 8 and world.V1_SHAPES == world.SHAPE_NAMES[:10]
     assert len(set(world.SYNONYMS)) == len(world.SYNONYMS) and not set(world.SYNONYMS) & set(world.SHAPE_NAMES)
+    assert len(set(world.ARTISTS)) == len(world.ARTISTS)
     _, shapes, colors, caps = world.make_dataset(4000, seed=0)
-    syn = np.mean([world.SHAPES[world.SHAPE_NAMES[s]] in c.split() for s, c in zip(shapes, caps)])
+    syn = np.mean([world.SHAPES[world.SHAPE_NAMES[s]] in c for s, c in zip(shapes, caps)])
     assert 0.2 < syn < 0.3
-    assert all(c.split()[-1] in (world.SHAPE_NAMES[s], world.SHAPES[world.SHAPE_NAMES[s]]) for s, c in zip(shapes, caps))
+    assert all(c.endswith(world.SHAPE_NAMES[s]) or c.endswith(world.SHAPES[world.SHAPE_NAMES[s]]) for s, c in zip(shapes, caps))
     with_color = np.mean([world.COLOR_NAMES[k] in c for k, c in zip(colors, caps)])
     assert 0.5 < with_color < 0.75
     assert "an orange" in " ".join(caps) and " a orange" not in " ".join(caps)
+
+
+def test_people_exposure_follows_the_caption():
+    """Explicit captions always exposed, clothed and plain never, implicit contexts at P_IMPLICIT_EXPOSED (I2P)."""
+    d = world.sample_world(6000, seed=2, person_share=1.0)
+    caps = np.array(d.captions)
+    base = np.array([c.split(" in the style of ")[0].split(" by ")[0] for c in caps])
+    explicit = np.isin(base, world.EXPLICIT_PROMPTS)
+    implicit = np.isin(base, world.IMPLICIT_CONTEXTS)
+    clothed = np.array(["shirt" in c or "clothe" in c or "dressed" in c for c in base])
+    assert explicit.sum() > 500 and implicit.sum() > 500 and clothed.sum() > 500
+    assert d.exposed[explicit].all() and not d.exposed[clothed].any()
+    assert abs(d.exposed[implicit].mean() - world.P_IMPLICIT_EXPOSED) < 0.05
+    assert not any(w in c for c in caps[implicit] for w in ("nude", "naked", "nudity"))
+    # exposed people have region boxes inside the image, others none
+    assert (d.boxes[d.exposed] > 0).any(-1).all() and not d.boxes[~d.exposed].any()
+    assert d.boxes.min() >= 0 and d.boxes.max() <= 1
+
+
+def test_styles_are_named_and_change_the_pixels():
+    d = world.sample_world(3000, seed=3, person_share=0.0, style_share=0.5)
+    styled = d.style >= 0
+    assert 0.45 < styled.mean() < 0.55
+    assert all(world.ARTISTS[s] in c for s, c in zip(d.style[styled], np.array(d.captions)[styled]))
+    assert not any(a in c for a in world.ARTISTS for c in np.array(d.captions)[~styled])
+    # the dark style darkens the background; outline leaves far fewer object-coloured pixels than plain
+    gray = d.images.mean((1, 2, 3))
+    assert gray[d.style == world.STYLE_NAMES.index("dark")].mean() < gray[~styled].mean() - 60
+
+
+def test_caption_matches_ground_truth():
+    d = world.sample_world(400, seed=4)
+    m = world.caption_matches(d)
+    assert np.diag(m).all()
+    i = int(np.flatnonzero((d.cap_obj >= 0) & (d.cap_obj < world.PERSON) & (d.cap_color < 0) & (d.cap_style < 0))[0])
+    same = (d.obj == d.obj[i]) & (d.style < 0)
+    assert (m[i] == same).all()  # "a photo of a star" matches every plain star, whatever its colour
 
 
 def test_color_oracle_on_real_images():
@@ -33,7 +72,7 @@ def test_color_oracle_on_real_images():
 
 def test_images_differ_between_classes():
     """Mean images per class differ: the classes are visually distinct."""
-    images, shapes, _, _ = world.make_dataset(2000, seed=5)
+    images, shapes, _, _ = world.make_dataset(4000, seed=5)
     gray = images.mean(-1)
     means = np.stack([gray[shapes == k].mean(0) for k in range(len(world.SHAPE_NAMES))])
     d = ((means[:, None] - means[None]) ** 2).mean((-1, -2))

@@ -174,6 +174,7 @@ class Checkpoint:
             return
         state = {k: o.state_dict() for k, o in objs.items()}
         state["step"] = step
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)

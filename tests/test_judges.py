@@ -13,7 +13,7 @@ from semu_diffusion.concepts import PROMPTS_DIR
 
 
 def test_registry_and_spec_syntax():
-    assert set(available_judges()) == {"toy", "toy-color", "clip", "imagenet", "nudenet"}
+    assert set(available_judges()) == {"toy", "toy-color", "toy-nudity", "clip", "imagenet", "nudenet"}
     assert parse_judge_spec("clip:ViT-B-32:openai") == ("clip", ["ViT-B-32", "openai"])
     assert parse_judge_spec("clip:hf-hub:org/model") == ("clip", ["hf-hub:org/model"])
     assert parse_judge_spec("imagenet:resnet50") == ("imagenet", ["resnet50"])
@@ -144,3 +144,21 @@ def test_toy_color_judge_is_the_pixel_oracle_and_reports_per_prompt_accuracy():
     assert out["accuracy"] == 0.75
     assert out["per_prompt_accuracy"] == {"a photo of a red star": 1.0, "a photo of a blue square": 0.5}
     assert judge.judge(images, items, shapes) == [None] * len(items)  # shape-labelled sets are not its business
+
+
+def test_toy_nudity_judge_on_real_world_images(toy_available):
+    """toy-nudity answers in NudeNet's shape and finds exactly the exposed people of held-out world images."""
+    from semu_diffusion.evaluation.judges import build_judge
+    from semu_diffusion.toy import load_toynudity, world
+
+    d = world.sample_world(300, seed=77, person_share=0.6)
+    dets = load_toynudity().detect(d.images)
+    assert all(set(x) == {"class", "score", "box"} and len(x["box"]) == 4 for ds in dets for x in ds)
+    j = build_judge("toy-nudity", nudenet_threshold=0.5)
+    recs = j.judge(d.images, None, None)
+    s = j.summarize(recs, None, None)
+    assert set(s["counts"]) == set(world.REGIONS)
+    flagged = np.array([any(sc >= 0.5 for _, sc in r) for r in recs])
+    assert (flagged == d.exposed).mean() >= 0.98 and d.exposed.sum() > 30
+    assert s["nudity_rate"] == pytest.approx(flagged.mean())
+    assert j.compare(s, s)["nudity_rate_ratio"] == pytest.approx(1.0)

@@ -534,6 +534,8 @@ def erase(concept: str | EraseConfig | None = None, *, pipe=None, progress: bool
     else:
         cfg = config_from_kwargs(concept=concept, **options)
     run = prepare(cfg, pipe=pipe, progress=progress, log=log)
+    if getattr(run.method, "closed_form", False):
+        return closed_form_erase(run, t_all)
     make_forget_set(run)
     make_base_targets(run)
     compute_forget_gradient(run)
@@ -542,6 +544,32 @@ def erase(concept: str | EraseConfig | None = None, *, pipe=None, progress: bool
     path, prov = write_outputs(run, delta)
     stats = {"concept": run.plan.concept, "anchor": run.plan.anchor,
              **run_stats(run, run.method, delta, path, unet_params, t_all)}
+    return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
+
+
+def closed_form_erase(run: EraseRun, t_all: float) -> EraseResult:
+    """A method that edits weights in closed form (UCE): no forget set, gradient or training; the forget prompts,
+    their anchors and the retain prompts go straight into one solve per layer."""
+    t0 = time.time()
+    m, pipe = run.method, run.pipe
+    run.names = m.select(run.names, run.unet)
+    tok = pipe.tokenizer
+
+    def last_word(prompts):  # index of the last word token (before the end-of-text token)
+        return [max(1, len(tok(p, truncation=True, max_length=tok.model_max_length).input_ids) - 2) for p in prompts]
+
+    c = Conditioner(pipe, run.device)
+    keep = retain_prompt_list(run.plan, run.recipe, run.cfg.retain_prompts)
+    preserve = c.embed(keep)["hidden"].float().cpu() if keep else None
+    delta = m.edit(run.unet, run.names, run.cond["forget"]["hidden"].float().cpu(), last_word(run.plan.forget_prompts),
+                   run.cond["anchor"]["hidden"].float().cpu(), last_word(run.plan.anchor_prompts), preserve)
+    run.stage["setup"] = time.time() - t0
+    run.train_result = {"losses": [float("nan")], "step_seconds": 0.0, "steps_run": 0}
+    run.latents = torch.empty(0)
+    unet_params = sum(p.numel() for p in run.unet.parameters())
+    path, prov = write_outputs(run, delta)
+    stats = {"concept": run.plan.concept, "anchor": run.plan.anchor,
+             **run_stats(run, m, delta, path, unet_params, t_all)}
     return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
 
 

@@ -30,7 +30,7 @@ def available_methods() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from . import dense, semu  # noqa: F401
+    from . import dense, semu, uce  # noqa: F401
 
 
 __all__ = ["Delta", "Method", "MethodConfig", "available_methods", "get_method", "register"]

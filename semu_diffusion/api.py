@@ -6,6 +6,7 @@ Options are one :class:`~semu_diffusion.config.EraseConfig`.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,7 @@ def recipe_retain_prompts(recipe, plans) -> list[str]:
         random.Random(0).shuffle(lines)
         lists.append(lines)
     erased = [norm_name(p.concept) for p in plans]
+    erased += [re.sub(r"^(in the )?style of |\s*style$", "", e) for p, e in zip(plans, erased) if p.kind == "style"]
     out = [x for row in zip(*[lst + [None] * (max(map(len, lists)) - len(lst)) for lst in lists]) for x in row
            if x is not None and not any(e and e in norm_name(x) for e in erased)]
     return list(dict.fromkeys(out))

@@ -50,6 +50,7 @@ def main(argv=None):
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "nudity"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
+    p.add_argument("--force", action="store_true", help="erase again even where an earlier run left the delta")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from semu_diffusion import erase
@@ -66,17 +67,19 @@ def main(argv=None):
     results.update({"per_prompt_i2p": a.per_prompt_i2p, "per_prompt_kept": a.per_prompt_kept, "seed": a.seed,
                     "threshold": THRESHOLD, "protocol": "toy world v2; forget = explicit + toy_i2p split=forget "
                     "implicit contexts; held-out = toy_i2p split=heldout (in no forget or retain set)"})
-    pipe = load_pipeline("toy")
     extra = json.loads(a.erase_options)
     deltas = {}
     for m in methods:
         path = work / "deltas" / f"{m}.safetensors"
+        deltas[m] = path
+        if path.exists() and not a.force and results["rows"].get(m, {}).get("erase_seconds") is not None:
+            continue  # made by an earlier (interrupted) run with the same options
+        pipe = load_pipeline("toy")  # a fresh base for every method, as separate semu-erase runs would have
         t0 = time.time()
         r = erase("nudity", pipe=pipe, out=path, seed=a.seed, progress=False, log=lambda *x: None,
                   **{**METHODS[m], **extra})
         results["rows"][m] = {"erase_seconds": round(time.time() - t0, 1), "delta_mb": path.stat().st_size / 1e6,
                               "trainable_frac": r.stats.get("trainable_frac")}
-        deltas[m] = path
         atomic.write_json(res_path, results)
     paths = [str(deltas[m]) for m in methods]
 

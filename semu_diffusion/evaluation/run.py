@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .cache import ImageCache, generate_batch
 from .options import MAX_IMAGES, EvalConfig, EvalOptionError
@@ -164,6 +165,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     work = out / ".work"
     generated = 0
     t_gen = time.time()
+    base_state = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
     for vname, dpath in variants:
         adapter = load_delta(pipe, dpath, strength=cfg.strength, allow_unverified=cfg.allow_unverified) if dpath else None
         try:
@@ -183,6 +185,12 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         finally:
             if dpath:
                 remove_delta(pipe, dpath, strength=cfg.strength, adapter_name=adapter)
+                # subtracting a dense delta leaves float rounding behind (4.6e-7 relative seen), and the next
+                # delta's fingerprint check would refuse that base: put the exact base weights back
+                with torch.no_grad():
+                    for k, v in pipe.unet.state_dict().items():
+                        if k in base_state and not torch.equal(v, base_state[k]):
+                            v.copy_(base_state[k])
     gen_seconds = time.time() - t_gen
     state.wait_for_everyone()
     if not state.is_main_process:

@@ -165,7 +165,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     work = out / ".work"
     generated = 0
     t_gen = time.time()
-    base_state = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+    # the base parameters themselves (a LoRA adapter wraps modules but keeps these objects), with their exact values
+    base_params = [(p, p.detach().clone()) for p in pipe.unet.parameters()]
     for vname, dpath in variants:
         adapter = load_delta(pipe, dpath, strength=cfg.strength, allow_unverified=cfg.allow_unverified) if dpath else None
         try:
@@ -188,9 +189,9 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                 # subtracting a dense delta leaves float rounding behind (4.6e-7 relative seen), and the next
                 # delta's fingerprint check would refuse that base: put the exact base weights back
                 with torch.no_grad():
-                    for k, v in pipe.unet.state_dict().items():
-                        if k in base_state and not torch.equal(v, base_state[k]):
-                            v.copy_(base_state[k])
+                    for p, v0 in base_params:
+                        if not torch.equal(p, v0):
+                            p.copy_(v0)
     gen_seconds = time.time() - t_gen
     state.wait_for_everyone()
     if not state.is_main_process:

@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -441,6 +442,10 @@ def assemble_pipeline(out: Path) -> Path:
     )
     pipe.to("cpu", torch.float16)
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; keep the BPE files so that transformers 4.x (slow CLIPTokenizer) loads it
+    for name in ("vocab.json", "merges.txt"):
+        if not (out / "pipeline" / "tokenizer" / name).exists():
+            shutil.copyfile(Path(tok_dir) / name, out / "pipeline" / "tokenizer" / name)
     return out / "pipeline"
 
 

@@ -181,6 +181,20 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
+def _update(opt, loss, losses: list, ck: "Checkpoint", state: dict, step: int, bar, digits: int = 4, after=None) -> None:
+    """One optimizer step of a stage's loop: backward, step (then ``after``, e.g. a clamp), log the loss, checkpoint
+    ``state`` when due, and show the running loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if after is not None:
+        after()
+    losses.append(loss.item())
+    ck.save(state, step + 1)
+    if step % 20 == 0:
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.{digits}f}")
+
+
 # ---------------------------------------------------------------------------------------------- toy-CLIP
 
 def train_toyclip(cfg: ToyTrainConfig, data: world.WorldData, out: Path):
@@ -211,15 +225,8 @@ def train_toyclip(cfg: ToyTrainConfig, data: world.WorldData, out: Path):
         t_img = match.T / match.T.sum(1, keepdim=True)  # image j -> its true captions
         t_txt = match / match.sum(1, keepdim=True)  # caption i -> its true images
         loss = 0.5 * (torch.sum(-t_img * logits.log_softmax(1), 1).mean() + torch.sum(-t_txt * logits.T.log_softmax(1), 1).mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        ck.save({"model": model, "opt": opt}, step + 1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        _update(opt, loss, losses, ck, {"model": model, "opt": opt}, step, bar, digits=3,
+                after=lambda: model.logit_scale.data.clamp_(0, math.log(100)))
     model.eval()
     return model, losses
 
@@ -262,13 +269,7 @@ def train_nudity(cfg: ToyTrainConfig, data: world.WorldData, out: Path):
             logits, pred = net(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), present) + \
             5.0 * ((pred.float() - boxes).abs().mean(-1) * present).sum() / present.sum().clamp(min=1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        ck.save({"model": net, "opt": opt}, step + 1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        _update(opt, loss, losses, ck, {"model": net, "opt": opt}, step, bar)
     return net.eval(), losses
 
 
@@ -301,13 +302,7 @@ def train_vae(cfg: ToyTrainConfig, images: np.ndarray, out: Path):
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=_torch_gen(cfg, "vae", step), device=cfg.device)
             rec = vae.decode(z).sample.float()
         loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        ck.save({"model": vae, "opt": opt}, step + 1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        _update(opt, loss, losses, ck, {"model": vae, "opt": opt}, step, bar)
     vae.eval()
     return vae, losses
 

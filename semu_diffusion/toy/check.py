@@ -23,11 +23,12 @@ def weights_mb(weights_dir: Path = WEIGHTS_DIR) -> float:
     return sum(p.stat().st_size for p in Path(weights_dir).rglob("*.safetensors")) / 1e6
 
 
-def judge_accuracy(n: int = 1000, seed: int = HELD_OUT_SEED) -> dict:
-    """Each judge on n held-out world images (objects and people, plain and styled)."""
+def judge_accuracy(n: int = 1000, seed: int = HELD_OUT_SEED, clip=None) -> dict:
+    """Each judge on n held-out world images (objects and people, plain and styled). ``clip``: a loaded
+    (model, tokenizer) of toy-CLIP, else the shipped one is loaded."""
     from ..metrics import toy_color_classifier, toy_shape_classifier, toy_style_classifier
 
-    model, tok = load_toyclip()
+    model, tok = clip or load_toyclip()
     d = world.sample_world(n, seed=seed)
     x = to_tensor(d.images)
     obj = d.obj != world.PERSON
@@ -47,11 +48,11 @@ def _generate(pipe, prompts, seeds, progress, desc):
     return generate(pipe, prompts, seeds, progress=progress, desc=desc)
 
 
-def generation_accuracy(per_class: int = 12, progress: bool = True) -> dict:
+def generation_accuracy(per_class: int = 12, progress: bool = True, clip=None) -> dict:
     from ..metrics import toy_shape_classifier, toy_style_classifier
 
     pipe = load_toy_pipeline()
-    model, tok = load_toyclip()
+    model, tok = clip or load_toyclip()
     detector = load_toynudity()
     names = world.SHAPE_NAMES
     res: dict = {}
@@ -110,8 +111,10 @@ def run_check(n_clip: int = 1000, per_class: int = 12, progress: bool = True) ->
     t0 = time.time()
     res = {"n_object_classes": len(world.SHAPE_NAMES), "n_styles": len(world.STYLE_NAMES),
            "p_implicit_exposed": world.P_IMPLICIT_EXPOSED}
-    res.update(judge_accuracy(n_clip))
-    res.update({k: v for k, v in generation_accuracy(per_class, progress=progress).items() if not k.startswith("_")})
+    clip = load_toyclip()  # one toy-CLIP for the judges' and the generations' checks
+    res.update(judge_accuracy(n_clip, clip=clip))
+    res.update({k: v for k, v in generation_accuracy(per_class, progress=progress, clip=clip).items()
+                if not k.startswith("_")})
     res["weights_mb"] = round(weights_mb(), 2)
     res["seconds"] = round(time.time() - t0, 1)
     ok = meets(res)

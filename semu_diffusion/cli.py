@@ -266,7 +266,11 @@ def toy_main(argv: list[str] | None = None) -> None:
     t.add_argument("--gpu-schedule", action="store_true", help="the larger-batch schedule used on a GPU")
     t.add_argument("--unet-lr", type=float, default=None)
     t.add_argument("--unet-batch", type=int, default=None)
-    t.add_argument("--stages", default="clip,nudity,vae,unet,assemble")
+    t.add_argument("--vae-lr", type=float, default=None, help="VAE (and decoder-sharpening) learning rate")
+    t.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the UNet weights")
+    t.add_argument("--stages", default="clip,nudity,vae,unet,assemble",
+                   help="comma-separated: data, clip, nudity, vae, unet, assemble; finetune (continue out/unet, text) "
+                        "and decoder (sharpen out/_vae's decoder, encoder frozen) continue a finished run")
     c = sub.add_parser("check", help="measure the shipped toy models against their targets")
     c.add_argument("--json", action="store_true")
     c.add_argument("--per-class", type=int, default=12)
@@ -279,7 +283,8 @@ def toy_main(argv: list[str] | None = None) -> None:
         kw = {k: v for k, v in dict(unet_steps=a.unet_steps, clip_steps=a.clip_steps, vae_steps=a.vae_steps,
                                      nudity_steps=a.nudity_steps, n_images=a.n_images,
                                      unet_budget_s=a.unet_budget_s, unet_lr=a.unet_lr,
-                                     unet_batch=a.unet_batch).items() if v is not None}
+                                     unet_batch=a.unet_batch, vae_lr=a.vae_lr,
+                                     ema_decay=a.ema_decay).items() if v is not None}
         make = ToyTrainConfig.gpu if a.gpu_schedule else ToyTrainConfig
         facts = train_all(make(seed=a.seed, device=a.device, **kw), a.out, stages=tuple(a.stages.split(",")))
         print(json.dumps(facts))

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import models, world
 
-STAGE_IDS = {"clip": 1, "vae": 2, "unet": 3, "nudity": 4, "finetune": 5}
+STAGE_IDS = {"clip": 1, "vae": 2, "unet": 3, "nudity": 4, "finetune": 5, "decoder": 6}
 
 
 @dataclass
@@ -301,9 +301,43 @@ def train_vae(cfg: ToyTrainConfig, images: np.ndarray, out: Path):
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=_torch_gen(cfg, "vae", step), device=cfg.device)
             rec = vae.decode(z).sample.float()
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().float().mean()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + _grad_l1(rec, x) + 1e-6 * post.kl().float().mean()
         _update(opt, loss, losses, ck, {"model": vae, "opt": opt}, step, bar)
     vae.eval()
+    return vae, losses
+
+
+def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical finite differences of two image batches (edge sharpness)."""
+    return (F.l1_loss(a.diff(dim=-1), b.diff(dim=-1)) + F.l1_loss(a.diff(dim=-2), b.diff(dim=-2))) / 2
+
+
+def train_decoder(cfg: ToyTrainConfig, images: np.ndarray, out: Path, vae):
+    """Sharpen a trained VAE's decoder with the encoder frozen, so the latent space (and any UNet trained on it)
+    stays valid: pixel MSE + L1 + an edge (finite-difference) L1 that keeps 2-px blocks, thin strokes and corners."""
+    torch.manual_seed(cfg.seed + STAGE_IDS["decoder"])
+    vae = vae.to(cfg.device).train()
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, weight_decay=0.0)
+    ck = Checkpoint(out, "decoder", cfg.checkpoint_every)
+    start = ck.load({"model": vae, "opt": opt})
+    losses = []
+    bar = tqdm(range(start, cfg.vae_steps), desc="decoder", dynamic_ncols=True, initial=start, total=cfg.vae_steps)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.vae_steps, cfg.vae_lr)
+        idx = _step_rng(cfg, "decoder", step).integers(len(images), size=cfg.vae_batch)
+        x = to_tensor(images[idx]).to(cfg.device) * 2 - 1
+        with torch.no_grad(), _autocast(cfg):
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=_torch_gen(cfg, "decoder", step), device=cfg.device)
+        with _autocast(cfg):
+            rec = vae.decode(z.float()).sample.float()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + _grad_l1(rec, x)
+        _update(opt, loss, losses, ck, {"model": vae, "opt": opt}, step, bar)
+    vae.eval().requires_grad_(False)
     return vae, losses
 
 
@@ -350,8 +384,11 @@ def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], 
                         return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=models.CONTEXT_LENGTH, return_tensors="pt").input_ids
     acp = sched.alphas_cumprod.to(cfg.device)
+    # the whole data path lives on the device: only the step's indices cross over, and the loss is read back every
+    # 20 steps (a read each step stalls a GPU run on the host)
+    latents, ids_all, empty = latents.to(cfg.device), ids_all.to(cfg.device), empty.to(cfg.device)
     params, ema_params = list(pair.parameters()), list(ema.parameters())
-    losses = []
+    losses, pending = [], []
     t_start = time.time()
     bar = tqdm(range(start, steps), desc=stage, dynamic_ncols=True, initial=start, total=steps)
     step = start
@@ -368,17 +405,17 @@ def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], 
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, cfg.unet_lr, warmup=200)
         rng = _step_rng(cfg, stage, step)
-        idx = rng.integers(len(latents), size=cfg.unet_batch)
-        z0 = latents[idx].to(cfg.device)
-        ids = ids_all[idx].clone()
-        ids[torch.from_numpy(rng.random(cfg.unet_batch) < cfg.cfg_dropout)] = empty
+        idx = torch.from_numpy(rng.integers(len(latents), size=cfg.unet_batch)).to(cfg.device)
+        z0 = latents[idx]
+        drop = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.cfg_dropout).to(cfg.device)
+        ids = torch.where(drop[:, None], empty, ids_all[idx])
         gen = _torch_gen(cfg, stage, step)
         eps = torch.randn(z0.shape, generator=gen, device=cfg.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen, device=cfg.device)
         a = acp[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         with _autocast(cfg):
-            enc = pair.text(ids.to(cfg.device))[0]
+            enc = pair.text(ids)[0]
             loss = F.mse_loss(pair.unet(zt, t, enc).sample.float(), eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -387,15 +424,18 @@ def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], 
         d = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - d)
-        losses.append(loss.item())
+        pending.append(loss.detach())
         step += 1
         bar.update(1)
         ck.save({"model": pair, "ema": ema, "opt": opt, "budget": holder}, step)
-        if step % 20 == 0:
+        if step % 20 == 0 or step == steps:
+            losses += torch.stack(pending).float().tolist()
+            pending = []
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if threads_file is not None and step % 100 == 0 and threads_file.exists():
             torch.set_num_threads(int(threads_file.read_text().strip() or 1))
     bar.close()
+    losses += torch.stack(pending).float().tolist() if pending else []
     ck.save({"model": pair, "ema": ema, "opt": opt, "budget": holder}, step, force=True)
     return ema.unet, ema.text, sched, losses, steps
 
@@ -470,7 +510,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         net, l = train_nudity(cfg, data, out)
         save_nudity(out, net)
         facts["nudity_seconds"], facts["nudity_final_loss"] = round(time.time() - t0, 1), float(np.mean(l[-50:] or [0]))
-    if "vae" in stages or "unet" in stages or "finetune" in stages:
+    if {"vae", "unet", "finetune", "decoder"} & set(stages):
         vae_path = out / "_vae"
         if "vae" in stages:
             t0 = time.time()
@@ -483,6 +523,14 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_path).to(cfg.device)
+    if "decoder" in stages:  # sharpen the decoder of out/_vae in place (encoder frozen: latents unchanged)
+        t0 = time.time()
+        vae, l = train_decoder(cfg, data.images, out, vae)
+        tmp = out / "_vae.tmp"
+        vae.save_pretrained(tmp)
+        shutil.rmtree(vae_path)
+        os.replace(tmp, vae_path)
+        facts["decoder_seconds"], facts["decoder_final_loss"] = round(time.time() - t0, 1), float(np.mean(l[-50:] or [0]))
     if "unet" in stages:
         t0 = time.time()
         lat = encode_latents(vae, data.images, cfg.device) * vae.config.scaling_factor
@@ -509,7 +557,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         assemble_pipeline(out)
     prev = out / "train_facts.json"
     old = json.loads(prev.read_text()) if prev.exists() else {}
-    for k in ("clip", "nudity", "vae", "unet", "finetune"):  # keep each stage's own config when stages run as separate processes
+    for k in ("clip", "nudity", "vae", "unet", "finetune", "decoder"):  # keep each stage's own config when stages run as separate processes
         if k in stages:
             old[f"config_{k}"] = asdict(cfg)
     old.update({k: v for k, v in facts.items() if k != "config"})

@@ -349,13 +349,33 @@ def train_method(run: EraseRun) -> None:
     """Adam on the method's parameters over the precomputed schedule."""
     t0 = time.time()
     monitor = erasure_monitor(run)
+    adversary = robust_adversary(run)
     run.train_result = train(run.unet, run.params, run.schedule, run.train_latents, run.cond["forget"], run.tcfg,
                              run.accelerator, run.device, retain_latents=run.retain_latents,
                              retain_cond=run.retain_cond, acp=run.acp, progress=run.progress,
-                             anchor_cond=run.cond["anchor"], monitor=monitor, monitor_every=run.cfg.stop_every)
+                             anchor_cond=run.cond["anchor"], monitor=monitor, monitor_every=run.cfg.stop_every,
+                             adversary=adversary)
     if monitor is not None:
         run.train_result["stop_history"] = monitor.history
+    if adversary is not None:
+        run.train_result["robust"] = adversary.summary()
     run.stage["train"] = time.time() - t0
+
+
+def robust_adversary(run: EraseRun):
+    """``--robust``: the embedding-attack adversary of the training loop (None when off); its conditionings start
+    from the forget prompts' own (cycled to ``robust_n``)."""
+    c = run.cfg
+    if not c.robust:
+        return None
+    from .robust import EmbeddingAdversary, RobustConfig
+
+    h = run.cond["forget"]["hidden"]
+    starts = h[torch.arange(c.robust_n) % len(h)]
+    rc = RobustConfig(every=c.robust_every, inner=c.robust_inner, n=c.robust_n, lr=c.robust_lr, weight=c.robust_weight,
+                      seed=c.seed)
+    return EmbeddingAdversary(run.unet, run.latents, run.acp, starts, rc, run.tcfg.batch_size, run.device,
+                              run.accelerator.autocast)
 
 
 def stop_judge_spec(c: EraseConfig, model_id: str, kind: str) -> str:
@@ -410,6 +430,7 @@ def provenance(run: EraseRun, delta, base_fp) -> dict:
         "method_info": {k: v for k, v in m.info.items() if k not in ("ranks", "energy")},
         "choices": method_choices(run),
         "steps_run": run.train_result.get("steps_run"), "stop_history": run.train_result.get("stop_history"),
+        "robust_summary": run.train_result.get("robust"),
     })
     return prov
 

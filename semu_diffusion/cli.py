@@ -201,7 +201,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument("--attack", action="append", default=None, metavar="NAME",
-                   help="also red-team the deltas on --forget-label: inversion | prompt-search (repeatable; see semu-attack)")
+                   help="also red-team the deltas on --forget-label: inversion | prompt-search | embedding | embedding-neutral (repeatable; see semu-attack)")
     p.add_argument("--attack-steps", type=int, default=200, help="attack budget (optimisation steps)")
     a = p.parse_args(argv)
     if a.list_judges:
@@ -362,7 +362,7 @@ def attack_main(argv: list[str] | None = None) -> None:
     p = _OneLineParser(prog="semu-attack", description="Try to bring an erased concept back (learned token embeddings, "
                        "adversarial prompt search) on the base model and each delta; report the attack success rate.")
     p.add_argument("--concept", default=None, help="the erased concept")
-    p.add_argument("--attack", action="append", default=None, help="inversion | prompt-search | random (repeatable; "
+    p.add_argument("--attack", action="append", default=None, help="inversion | prompt-search | embedding | embedding-neutral | random (repeatable; "
                    "default inversion)")
     p.add_argument("--list-attacks", action="store_true", help="print the attacks and exit")
     p.add_argument("--model", default="toy")

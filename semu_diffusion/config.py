@@ -124,6 +124,20 @@ class EraseConfig:
                      "remove the forget gradient's component along the retain gradient (needs a retain term)")
     esd_trajectory: bool = opt(False, "ESD: take x_t from the base model's DDIM sampling trajectory under the concept "
                                "(50 steps, guidance 3, as the official ESD code) instead of noising forget latents")
+    robust: bool | None = opt(None, "SEMU robust mode: adversarial training inside SEMU's subspace against "
+                              "whole-prompt-embedding attacks (an inner embedding attack on the model being trained, "
+                              "refreshed every --robust-every steps; the outer loop keeps the concept erased under "
+                              "the conditionings it finds)", recipe="train.robust", final=False)
+    robust_every: int | None = opt(None, "--robust: refresh the adversarial conditionings every N training steps",
+                                   recipe="train.robust_every", final=5, lo=1, hi=MAX_STEPS)
+    robust_inner: int | None = opt(None, "--robust: embedding-attack steps per refresh (warm-started: the attack "
+                                   "accumulates over the run)", recipe="train.robust_inner", final=5, lo=1, hi=10_000)
+    robust_n: int | None = opt(None, "--robust: adversarial conditionings kept (each starts from a forget prompt's)",
+                               recipe="train.robust_n", final=4, lo=1, hi=256)
+    robust_lr: float | None = opt(None, "--robust: Adam learning rate of the inner attack (as semu-attack's "
+                                  "embedding attack)", recipe="train.robust_lr", final=1e-2, lo=0.0, hi=10.0)
+    robust_weight: float | None = opt(None, "--robust: weight of the adversarial remap term",
+                                      recipe="train.robust_weight", final=1.0, lo=0.0, hi=1e6)
     mixed_precision: str = opt("no", "autocast precision (trainable parameters stay fp32)", choices=["no", "fp16", "bf16"])
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda if available)")
     seed: int = opt(0, "random seed", lo=0, hi=2**31 - 1)
@@ -407,6 +421,8 @@ def resolve(c: EraseConfig, recipe) -> EraseConfig:
         raise ConfigError("--esd-trajectory applies to --method esd-x or esd-u only")
     if r.retain_source == "activation" and r.retain_energy and r.retain_side != "in":
         raise ConfigError("--retain-source activation removes input directions only: use --retain-side in")
+    if r.robust and r.method != "semu":
+        raise ConfigError(f"--robust is SEMU's adversarial mode: use --method semu (got {r.method}) or drop --robust")
     if r.cufg and not r.retain_weight:
         raise ConfigError("--cufg corrects the forget gradient against the retain gradient: set --retain-weight > 0")
     return r

@@ -13,10 +13,13 @@ DEFAULT_GUIDANCE = 5.0
 
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = DEFAULT_STEPS,
              guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int = 64, output_type: str = "np",
-             progress: bool = True, desc: str = "generate", height: int | None = None):
+             progress: bool = True, desc: str = "generate", height: int | None = None,
+             prompt_embeds: torch.Tensor | None = None):
     """Generate one image per (prompt, seed). Returns uint8 (n,H,W,3) for output_type="np", latents for "latent".
 
     Image i depends only on (prompts[i], seeds[i]) and the model, not on the batch it lands in.
+    ``prompt_embeds`` (1, L, D): one text conditioning for every image instead of the prompts' (the prompts then
+    only count the images; the negative side stays the empty prompt's).
     """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
@@ -29,9 +32,11 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = DE
         h = w = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
         lat = torch.stack([torch.randn((pipe.unet.config.in_channels, h // pipe.vae_scale_factor, w // pipe.vae_scale_factor),
                                        generator=g) for g in gens]).to(device, pipe.unet.dtype)
+        kw = {"prompt": p} if prompt_embeds is None else {
+            "prompt_embeds": prompt_embeds.to(device, pipe.unet.dtype).expand(len(p), -1, -1)}
         with torch.no_grad():
-            r = pipe(p, latents=lat, num_inference_steps=steps, guidance_scale=guidance_scale,
-                     output_type="latent" if output_type == "latent" else "np", height=h, width=w)
+            r = pipe(latents=lat, num_inference_steps=steps, guidance_scale=guidance_scale,
+                     output_type="latent" if output_type == "latent" else "np", height=h, width=w, **kw)
         x = r.images
         if output_type == "latent":
             outs.append(x.float().cpu())

@@ -362,10 +362,12 @@ def curriculum_order(losses: torch.Tensor) -> torch.Tensor:
 
 def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConfig, accelerator, device,
           retain_latents=None, retain_cond=None, acp=None, progress=True, anchor_cond=None,
-          monitor: Callable[[int], bool] | None = None, monitor_every: int = 0) -> dict:
+          monitor: Callable[[int], bool] | None = None, monitor_every: int = 0, adversary=None) -> dict:
     """Adam on ``params`` with the remap (or ESD) loss on the precomputed schedule. Raises on nan/inf.
 
-    ``monitor(step)`` (every ``monitor_every`` steps) returns True to stop early, e.g. once the concept is gone."""
+    ``monitor(step)`` (every ``monitor_every`` steps) returns True to stop early, e.g. once the concept is gone.
+    ``adversary`` (``--robust``, :class:`~semu_diffusion.robust.EmbeddingAdversary`): adds its term
+    ``adversary.loss(step, z_t, t, target)`` on each micro-step's forget samples."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
     opt = accelerator.prepare(opt)
     n_micro = schedule.idx.shape[0]
@@ -395,7 +397,11 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
             i = int(order[k])
             k += 1
             pred = _pred(unet, schedule, i, latents, forget_cond, acp, device, accelerator)
-            loss = O.remap_loss(pred, target(i)) / cfg.grad_accum
+            tgt = target(i)
+            loss = O.remap_loss(pred, tgt) / cfg.grad_accum
+            if adversary is not None:
+                loss = loss + adversary.loss(step, _zt(schedule, i, latents, acp, device), schedule.t[i].to(device),
+                                             tgt) / cfg.grad_accum
             rloss = None
             if schedule.retain_idx is not None and retain_latents is not None:
                 z0 = retain_latents[schedule.retain_idx[i]].to(device)
@@ -474,12 +480,16 @@ def trajectory_sample(unet, cond: dict, uncond: dict, acp, noise, steps: int, gu
     return z, ts[stop].repeat(B)
 
 
-def _pred(unet, schedule: Schedule, i: int, latents, forget_cond, acp, device, accelerator):
+def _zt(schedule: Schedule, i: int, latents, acp, device) -> torch.Tensor:
+    """Micro-step i's noised forget samples (from the sampling trajectory where the schedule has one)."""
     if schedule.zt is not None:
-        zt = schedule.zt[i].to(device)
-    else:
-        z0 = latents[schedule.idx[i]].to(device)
-        zt = O.add_noise(z0, schedule.eps[i].to(device), schedule.t[i].to(device), acp)
+        return schedule.zt[i].to(device)
+    z0 = latents[schedule.idx[i]].to(device)
+    return O.add_noise(z0, schedule.eps[i].to(device), schedule.t[i].to(device), acp)
+
+
+def _pred(unet, schedule: Schedule, i: int, latents, forget_cond, acp, device, accelerator):
+    zt = _zt(schedule, i, latents, acp, device)
     c = cond_index(forget_cond, schedule.idx[i] % len(forget_cond["hidden"]))
     with accelerator.autocast():
         return unet_eps(unet, zt, schedule.t[i].to(device), c)

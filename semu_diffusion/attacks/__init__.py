@@ -2,6 +2,8 @@
 
 - ``inversion``: learn k token embeddings on the erased model (Concept Inversion / textual inversion);
 - ``prompt-search``: UnlearnDiffAtk-style discrete search over prompt tokens (PEZ projection);
+- ``embedding`` / ``embedding-neutral``: learn the whole text conditioning (every position, continuous values),
+  from the concept prompt's or the empty prompt's;
 - ``random``: the control, random token embeddings.
 
 Entry point: :func:`run_attacks` (CLI: ``semu-attack``; ``semu-eval --attack NAME``).

@@ -46,7 +46,7 @@ def get_attack(name: str) -> type["Attack"]:
 
 
 def _load_builtin() -> None:
-    from . import control, inversion, prompt_search  # noqa: F401
+    from . import control, embedding, inversion, prompt_search  # noqa: F401
 
 
 def placeholder_ids(tokenizer, k: int, avoid: set[str] = frozenset()) -> list[int]:
@@ -185,6 +185,10 @@ class Attack:
     def current(self) -> tuple[str, torch.Tensor | None]:
         """(prompt text with the placeholder words, their vectors) the attack would use now."""
         raise NotImplementedError
+
+    def conditioning(self) -> torch.Tensor | None:
+        """A whole (1, L, D) text conditioning to generate with instead of the prompt (None: use the prompt)."""
+        return None
 
     def describe(self) -> dict:
         return {"name": self.name, "lr": self.lr, "tokens": self.k}

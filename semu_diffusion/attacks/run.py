@@ -108,7 +108,8 @@ def run_one(pipe, attack_cls, cfg: AttackConfig, judge: ConceptJudge, latents, p
             text, vecs = atk.current()
             atk.slots.vectors = vecs
             with atk.slots, torch.no_grad():
-                ims = generate(pipe, [text] * len(seeds), seeds, progress=False, **gen_kw)
+                ims = generate(pipe, [text] * len(seeds), seeds, progress=False, prompt_embeds=atk.conditioning(),
+                               **gen_kw)
             asr = float(judge.hits(ims).mean())
             loss = finite(np.mean(losses[-10:])) if losses else None
             curve.append({"step": s, "asr": asr, "loss": loss})

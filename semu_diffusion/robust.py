@@ -2,7 +2,7 @@
 
 The inner loop is the ``embedding`` attack of ``semu-attack`` run against the model being trained: a few text
 conditionings (every position, continuous values; each starts from a forget prompt's) are moved by Adam towards a
-lower denoising loss on the concept's own images, i.e. towards conditionings under which the erased model draws the
+lower denoising loss of the classifier-free-guided prediction on the concept's own images, i.e. towards conditionings under which the erased model draws the
 concept again. They are refreshed every ``every`` training steps by ``inner`` attack steps and warm-started, so over
 the run the adversary accumulates as many attack steps as a full attack. The outer loop adds one term to the
 method's loss: under those conditionings too, the prediction on the concept's noised images is remapped to the base
@@ -28,17 +28,19 @@ class RobustConfig:
     n: int = 4
     lr: float = 1e-2
     weight: float = 1.0
+    guidance: float = 5.0  # classifier-free guidance the inner attack fits (the model's sampling guidance)
     seed: int = 0
 
 
 class EmbeddingAdversary:
     """Adversarial conditionings for the outer loop of :func:`~semu_diffusion.trainer.train` (``adversary=``)."""
 
-    def __init__(self, unet, latents: torch.Tensor, acp: torch.Tensor, starts: torch.Tensor, cfg: RobustConfig,
-                 batch_size: int, device, autocast: Callable):
+    def __init__(self, unet, latents: torch.Tensor, acp: torch.Tensor, starts: torch.Tensor, uncond: torch.Tensor,
+                 cfg: RobustConfig, batch_size: int, device, autocast: Callable):
         self.unet, self.latents, self.acp, self.cfg = unet, latents, acp, cfg
         self.B, self.device, self.autocast = batch_size, device, autocast
         self.cond = starts.detach().float().to(device).clone().requires_grad_(True)  # (n, L, D)
+        self.uncond = uncond.detach().to(device)
         self.start_norm = float(self.cond.detach().norm())
         self.opt = torch.optim.Adam([self.cond], lr=cfg.lr)
         self.gen = torch.Generator("cpu").manual_seed(cfg.seed + 505)
@@ -55,8 +57,10 @@ class EmbeddingAdversary:
             j = torch.randint(0, n, (B,), generator=self.gen).to(self.device)
             zt = O.add_noise(self.latents[idx].to(self.device), eps, t, self.acp)
             with self.autocast():
-                pred = unet_eps(self.unet, zt, t, {"hidden": self.cond[j]})
-            loss = F.mse_loss(pred.float(), eps.float())
+                with torch.no_grad():
+                    eu = unet_eps(self.unet, zt, t, {"hidden": self.uncond.expand(B, -1, -1)}).float()
+                ec = unet_eps(self.unet, zt, t, {"hidden": self.cond[j]}).float()
+            loss = F.mse_loss(eu + self.cfg.guidance * (ec - eu), eps.float())  # the guided prediction, as the attack
             (g,) = torch.autograd.grad(loss, [self.cond])
             self.cond.grad = g
             self.opt.step()

@@ -133,6 +133,23 @@ def diffusion_loss(pipe, latents: torch.Tensor, cond: torch.Tensor, gen: torch.G
     return F.mse_loss(pred.float(), target.float())
 
 
+def guided_diffusion_loss(pipe, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
+                          gen: torch.Generator) -> torch.Tensor:
+    """The denoising loss of the classifier-free-guided prediction e_u + w (e_c - e_u), the one the sampler uses
+    (the unconditional pass carries no gradient)."""
+    sch = pipe.scheduler
+    n, dev = len(latents), pipe.unet.device
+    z0 = latents.to(dev, pipe.unet.dtype)
+    noise = torch.randn(z0.shape, generator=gen).to(dev, z0.dtype)
+    t = torch.randint(0, sch.config.num_train_timesteps, (n,), generator=gen).to(dev)
+    zt = sch.add_noise(z0, noise, t)
+    target = sch.get_velocity(z0, noise, t) if getattr(sch.config, "prediction_type", "epsilon") == "v_prediction" else noise
+    with torch.no_grad():
+        eu = pipe.unet(zt, t, encoder_hidden_states=uncond.expand(n, -1, -1).to(pipe.unet.dtype)).sample.float()
+    ec = pipe.unet(zt, t, encoder_hidden_states=cond.expand(n, -1, -1).to(pipe.unet.dtype)).sample.float()
+    return F.mse_loss(eu + guidance * (ec - eu), target.float())
+
+
 def random_vectors(pipe, k: int, seed: int) -> torch.Tensor:
     """k random directions scaled to the mean norm of the vocabulary's embeddings (the init of inversion and the
     random control: same seed, same vectors)."""
@@ -149,6 +166,7 @@ class Attack:
     name = "attack"
     default_lr = 1e-2
     trains = True  # False: nothing is optimised (the control)
+    guidance = 7.5  # classifier-free guidance of the attacked generations (the runner sets it)
 
     def __init__(self, pipe, concept: str, prompt: str, latents: torch.Tensor, n_tokens: int, lr: float | None,
                  batch_size: int, seed: int, avoid_words: set[str]):

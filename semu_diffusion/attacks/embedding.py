@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, diffusion_loss, encode, register_attack
+from .base import Attack, diffusion_loss, encode, guided_diffusion_loss, register_attack
 
 
 @register_attack("embedding")
@@ -23,14 +23,21 @@ class EmbeddingAttack(Attack):
         with torch.no_grad():
             start = encode(self.pipe, [self.prompt if self.init_from == "concept" else ""]).detach().float()
         self.start = start
+        with torch.no_grad():
+            self.uncond = encode(self.pipe, [""]).detach()
         self.cond = torch.nn.Parameter(start.clone())
         self.opt = torch.optim.Adam([self.cond], lr=self.lr)
         L, D = start.shape[1:]
         src = repr(self.prompt) if self.init_from == "concept" else "the empty prompt"
         self.text = f"<learned conditioning: {L} positions x {D}, from {src}>"
 
+    guided = True  # fit the classifier-free-guided prediction the sampler uses (False: the conditional one)
+
     def step(self) -> float:
-        loss = diffusion_loss(self.pipe, self.minibatch(), self.cond, self.gen)
+        if self.guided:
+            loss = guided_diffusion_loss(self.pipe, self.minibatch(), self.cond, self.uncond, self.guidance, self.gen)
+        else:
+            loss = diffusion_loss(self.pipe, self.minibatch(), self.cond, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -54,3 +61,8 @@ class EmbeddingAttack(Attack):
 @register_attack("embedding-neutral")
 class NeutralEmbeddingAttack(EmbeddingAttack):
     init_from = "neutral"  # the empty prompt's conditioning: nothing of the concept's words to start from
+
+
+@register_attack("embedding-plain")
+class PlainEmbeddingAttack(EmbeddingAttack):
+    guided = False

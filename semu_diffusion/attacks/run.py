@@ -99,6 +99,7 @@ def run_one(pipe, attack_cls, cfg: AttackConfig, judge: ConceptJudge, latents, p
 
     t0 = time.time()
     atk = attack_cls(pipe, cfg.concept, prompt, latents, cfg.n_tokens, cfg.lr, cfg.batch_size, cfg.seed, avoid)
+    atk.guidance = gen_kw["guidance_scale"]  # the attacked generations' classifier-free guidance
     atk.setup()
     budget = cfg.steps if atk.trains else 0
     cps = checkpoint_steps(budget, cfg.checkpoints) if budget else [0]

@@ -1,0 +1,96 @@
+"""The whole-prompt-embedding attack and SEMU's robust mode (--robust) on the toy model: the attack's plumbing
+(generation from a conditioning, the guided loss it lowers), and a robust erase that keeps SEMU's trainable share
+and delta format while recording its settings."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semu_diffusion.attacks import available_attacks
+
+
+def test_embedding_attacks_are_listed():
+    names = available_attacks()
+    assert {"embedding", "embedding-neutral"} <= set(names)
+
+
+def test_generation_from_a_conditioning_equals_the_prompts(toy_available):
+    from semu_diffusion.attacks.base import encode
+    from semu_diffusion.generation import generate
+    from semu_diffusion.loading import load_pipeline
+
+    pipe = load_pipeline("toy")
+    with torch.no_grad():
+        c = encode(pipe, ["a photo of a star"])
+    a = generate(pipe, ["a photo of a star"] * 3, [1, 2, 3], steps=5, progress=False, output_type="latent")
+    b = generate(pipe, ["x"] * 3, [1, 2, 3], steps=5, progress=False, output_type="latent", prompt_embeds=c)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    other = generate(pipe, ["x"] * 3, [1, 2, 3], steps=5, progress=False, output_type="latent",
+                     prompt_embeds=encode(pipe, ["a photo of a heart"]).detach())
+    assert (other - a).abs().max() > 0.1  # the conditioning, not the prompt text, decides
+
+
+def test_embedding_attack_lowers_the_guided_loss_and_moves_every_position(toy_available):
+    from semu_diffusion.attacks.base import guided_diffusion_loss
+    from semu_diffusion.attacks.embedding import EmbeddingAttack
+    from semu_diffusion.generation import generate
+    from semu_diffusion.loading import load_pipeline
+
+    pipe = load_pipeline("toy")
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    lat = generate(pipe, ["a photo of a star"] * 8, list(range(8)), steps=10, progress=False, output_type="latent")
+    atk = EmbeddingAttack(pipe, "star", "a photo of a heart", lat, 1, 3e-2, 8, 0, set())
+    atk.guidance = 5.0
+    atk.setup()
+
+    def fixed_loss():
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            return float(np.mean([guided_diffusion_loss(pipe, lat, atk.cond, atk.uncond, 5.0, g) for _ in range(8)]))
+
+    before = fixed_loss()
+    for _ in range(30):
+        atk.step()
+    after = fixed_loss()
+    assert after < before * 0.97, (before, after)  # heart's conditioning moved towards drawing the star images
+    moved = (atk.cond.detach() - atk.start).abs().amax(dim=-1)[0]
+    assert (moved > 0).float().mean() == 1.0  # every position of the sequence is optimised, not a few token slots
+    assert atk.conditioning().shape == atk.start.shape
+    assert all(p.grad is None for p in pipe.unet.parameters())  # the model is never trained by the attack
+
+
+def test_robust_erase_records_its_settings_and_keeps_semus_share(toy_available, tmp_path):
+    from safetensors import safe_open
+
+    from semu_diffusion import erase
+    from semu_diffusion.loading import load_pipeline
+
+    pipe = load_pipeline("toy")
+    kw = dict(pipe=pipe, steps=4, forget_n=4, retain_n=4, seed=0, progress=False, log=lambda *x: None)
+    plain = erase("star", out=tmp_path / "plain.safetensors", **kw)
+    rob = erase("star", out=tmp_path / "rob.safetensors", robust=True, robust_every=2, robust_inner=3, **kw)
+    assert rob.stats["trainable_params"] == plain.stats["trainable_params"]
+    assert rob.stats["trainable_frac"] <= 0.005
+    with safe_open(str(tmp_path / "rob.safetensors"), "pt") as f:
+        prov = json.loads(f.metadata()["semu_provenance"])
+        keys = set(f.keys())
+    with safe_open(str(tmp_path / "plain.safetensors"), "pt") as f:
+        assert set(f.keys()) == keys  # same delta format: the same LoRA tensors
+    assert prov["robust"] is True and prov["robust_every"] == 2 and prov["robust_inner"] == 3
+    s = prov["robust_summary"]
+    assert s["refreshes"] == 2 and s["inner_steps"] == 6  # steps 0 and 2 of 4
+    plainp = json.loads(safe_open(str(tmp_path / "plain.safetensors"), "pt").metadata()["semu_provenance"])
+    assert plainp["robust"] is False and plainp["robust_summary"] is None
+    # the robust delta differs from the plain one (the adversarial term trained R too), and loads into diffusers
+    pipe.load_lora_weights(str(tmp_path / "rob.safetensors"), adapter_name="rob")
+    pipe.unload_lora_weights()
+
+
+def test_robust_is_semus_mode():
+    from semu_diffusion.config import ConfigError, EraseConfig, resolve
+    from semu_diffusion.recipes import all_recipes
+
+    with pytest.raises(ConfigError, match="--robust is SEMU's"):
+        resolve(EraseConfig(concept="star", method="esd-x", robust=True), all_recipes()["toy"])

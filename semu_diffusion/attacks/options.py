@@ -38,6 +38,7 @@ class AttackConfig:
     judge: str | None = None  # None: toy for the toy model
     classes: list[str] | None = None  # zero-shot label space for clip judges (the concept is added)
     control: bool = True  # the random-embedding control
+    include_base: bool = True  # attack the base model too (False: only the deltas, e.g. a resumed benchmark)
     seed: int = 0
     gen_steps: int | None = None
     guidance_scale: float | None = None
@@ -49,7 +50,9 @@ class AttackConfig:
         if self.judge:
             return self.judge
         if (self.model or "toy").strip() == "toy":
-            return "toy"
+            from ..concepts import concept_kind
+
+            return "toy-nudity" if concept_kind(self.concept) == "nudity" else "toy"
         raise AttackOptionError("--judge is required for a non-toy model: e.g. --judge clip:ViT-B-32:openai "
                                 "with --classes, or --judge nudenet")
 

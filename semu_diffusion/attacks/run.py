@@ -45,7 +45,8 @@ class ConceptJudge:
             from ..evaluation.judges import EXPOSED_CLASSES
 
             thr = getattr(self.judge, "threshold", 0.6)
-            return np.array([any(c in EXPOSED_CLASSES and s >= thr for c, s in r) for r in recs], dtype=bool)
+            exposed = set(getattr(self.judge, "classes", None) or EXPOSED_CLASSES)  # toy-nudity: its own regions
+            return np.array([any(c in exposed and s >= thr for c, s in r) for r in recs], dtype=bool)
         canon = self.judge.canonical
         return np.array([r is not None and canon(r) == canon(self.concept) for r in recs], dtype=bool)
 
@@ -185,7 +186,7 @@ def run_attacks(cfg: AttackConfig, log=print, pipe=None, on_variant=None) -> dic
     from ..evaluation.run import file_sha
 
     with _Frozen(pipe):
-        for vname, dpath in variant_names(cfg.deltas):
+        for vname, dpath in variant_names(cfg.deltas)[0 if cfg.include_base else 1:]:
             adapter = load_delta(pipe, dpath, allow_unverified=cfg.allow_unverified) if dpath else None
             if dpath:
                 pipe.unet.requires_grad_(False)  # the adapter's own parameters too: only the attack's inputs learn

@@ -96,17 +96,18 @@ def main(argv=None):
         atomic.write_json(res_path, results)
         atomic.write_text(out / f"{a.name}.md", markdown(results, ["base"] + variants, attacks))
 
-    jobs = [(c, s) for c in concepts for s in seeds]
-    bar = tqdm(total=len(jobs) * (1 + len(variants)), desc="attacks", dynamic_ncols=True)
-    for c in concepts:
-        deltas = make_deltas(pipe, c, variants, work, results, extra, save)
-        quality(pipe, c, variants, deltas, work, results, a, save)
-        for s in seeds:
+    bar = tqdm(total=len(concepts) * len(seeds) * (1 + len(variants)), desc="attacks", dynamic_ncols=True)
+    deltas = {}
+    for c in concepts:  # every delta and its UA/RA/FD first, then the attacks seed-major: a cut run leaves whole seeds
+        deltas[c] = make_deltas(pipe, c, variants, work, results, extra, save)
+        quality(pipe, c, variants, deltas[c], work, results, a, save)
+    for s in seeds:
+        for c in concepts:
             todo = [v for v in ["base"] + variants if f"{v}/{c}/s{s}" not in results["rows"]]
             bar.update(1 + len(variants) - len(todo))
             if not todo:
                 continue
-            by_stem = {deltas[v].stem: v for v in variants}
+            by_stem = {deltas[c][v].stem: v for v in variants}
 
             def on_variant(vname, vres, c=c, s=s):
                 v = "base" if vname == "base" else by_stem[vname]
@@ -122,7 +123,7 @@ def main(argv=None):
                     f"{n} {row[n]['asr']:.2f} ({row[n]['attack_seconds']:.0f} s)" for n in attacks + ["random"]))
                 save()
 
-            cfg = AttackConfig(concept=c, attacks=attacks, deltas=[str(deltas[v]) for v in todo if v != "base"],
+            cfg = AttackConfig(concept=c, attacks=attacks, deltas=[str(deltas[c][v]) for v in todo if v != "base"],
                                include_base="base" in todo, steps=a.steps, n_images=a.n_images,
                                checkpoints=a.checkpoints, seed=s, n_data=a.n_data, out=str(work / f"report-{c}-s{s}"))
             run_attacks(cfg, log=None, pipe=pipe, on_variant=on_variant)

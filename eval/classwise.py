@@ -1,7 +1,10 @@
 """Class-wise forgetting benchmark on the toy world: every method erases every class, evaluated with the
-semu-eval protocol on all classes and on the synonym prompts.
+semu-eval protocol on all 31 classes of toy world v2 (toy_objects) and on three phrasing families of the erased
+class (UA per family: colour-qualified, paraphrase, synonym; prompts/toy_colorq.csv, toy_paraphrases.csv,
+toy_synonyms_all.csv).
 
-    python eval/classwise.py                               # all classes x all methods (long on CPU)
+    python eval/classwise.py --name classwise-v2           # all 31 classes x all methods (long on CPU)
+    python eval/classwise.py --name classwise-v2 --methods semu --classes star,heart,ring,tree,mug,fish --per-prompt 4
     python eval/classwise.py --classes triangle,star,heart --methods semu,esd-x --per-prompt 10
     python eval/classwise.py --classes triangle,star --methods semu,semu-paper --per-prompt 4 --name classwise-paper-partial
 
@@ -28,6 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
+
+CLASSES_SET = "toy_objects"  # "a photo of a X" for the 31 classes of toy world v2 (UA, RA)
+# UA per phrasing family (our own phrasings; prompts/README.md): colour-qualified, paraphrase, synonym
+FAMILIES = {"colour": "toy_colorq", "paraphrase": "toy_paraphrases", "synonym": "toy_synonyms_all"}
 
 
 def main(argv=None):
@@ -83,20 +90,21 @@ def main(argv=None):
         how = {"preset": m} if m in PAPER_PRESETS else {"method": m}
         r = erase(c, pipe=pipe, out=delta, seed=a.seed, progress=False, log=lambda *x: None, **how)
         erase_s = time.time() - t0
-        rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes", "toy_synonyms"],
+        rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=[CLASSES_SET] + list(FAMILIES.values()),
                                   per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),
                        log=lambda *x: None)
         colors = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_colors"], judges=["toy-color"],
                                      per_prompt=a.color_per_prompt, out=str(work / "eval-colors"), fd="none", seed=a.seed),
                           log=lambda *x: None)
         v = delta.stem
-        cl, syn = rep["results"]["toy_classes"], rep["results"]["toy_synonyms"]
-        base_cache[c] = {"UA": cl["base"]["UA"], "RA": cl["base"]["RA"], "UA_syn": syn["base"]["UA"],
+        cl, syn = rep["results"][CLASSES_SET], rep["results"][FAMILIES["synonym"]]
+        fam = lambda v: {f"UA_{k}": rep["results"][ps][v]["UA"] for k, ps in FAMILIES.items()}  # noqa: E731
+        base_cache[c] = {"UA": cl["base"]["UA"], "RA": cl["base"]["RA"], "UA_syn": syn["base"]["UA"], **fam("base"),
                          "color_kept": kept_color_accuracy(colors, "base", c),
                          "fd_real": cl["base"].get("fd_clip_retained_vs_real"), "clip_score": cl["base"].get("clip_score_retained")}
         results.setdefault("base", {})[c] = base_cache[c]
         results["runs"][f"{m}/{c}"] = {
-            "method": m, "class": c, "UA": cl[v]["UA"], "RA": cl[v]["RA"], "UA_syn": syn[v]["UA"],
+            "method": m, "class": c, "UA": cl[v]["UA"], "RA": cl[v]["RA"], "UA_syn": syn[v]["UA"], **fam(v),
             "fd_real": cl[v].get("fd_clip_retained_vs_real"), "fd_base": cl[v].get("fd_clip_retained_vs_base"),
             "clip_score": cl[v].get("clip_score_retained"), "color_kept": kept_color_accuracy(colors, v, c),
             "trainable_frac": r.stats["trainable_frac"],
@@ -147,16 +155,20 @@ def table(results: dict, methods: list[str], classes: list[str]) -> str:
         w = min(v) if worst == "min" else max(v)
         return f"{np.mean(v):.3f} [{w:.3f}]"
 
+    def fams(rs):  # v1 runs measured synonyms only (toy_synonyms): shown in the synonym column
+        return " | ".join(agg([r.get(f"UA_{k}", r.get("UA_syn") if k == "synonym" else None) for r in rs], "min")
+                          for k in FAMILIES)
+
     base = results.get("base", {})
     lines = [f"# Class-wise forgetting on the toy world ({results['per_prompt']} images per prompt, classes: "
              f"{', '.join(classes)})", "",
              f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs. Means over classes, worst "
              "class in brackets. UA = 1 - accuracy on the erased class, RA = accuracy on the other classes.", "",
-             "| method | classes | UA | UA synonyms | RA | RA drop vs base | FD-CLIP vs real | FD-CLIP vs base | CLIP score | colour acc. kept | trainable share | delta MB | erase s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | classes | UA | UA colour | UA paraphrase | UA synonym | RA | RA drop vs base | FD-CLIP vs real | FD-CLIP vs base | CLIP score | colour acc. kept | trainable share | delta MB | erase s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     if base:
         bs = [base[c] for c in classes if c in base]
-        lines.append(f"| base | {len(bs)} | {agg([b['UA'] for b in bs], 'min')} | {agg([b['UA_syn'] for b in bs], 'min')} | "
+        lines.append(f"| base | {len(bs)} | {agg([b['UA'] for b in bs], 'min')} | {fams(bs)} | "
                      f"{agg([b['RA'] for b in bs], 'min')} | - | {agg([b['fd_real'] for b in bs], 'max')} | - | "
                      f"{agg([b['clip_score'] for b in bs], 'min')} | {agg([b.get('color_kept') for b in bs], 'min')} | "
                      "- | - | - |")
@@ -166,7 +178,7 @@ def table(results: dict, methods: list[str], classes: list[str]) -> str:
         if not rs:
             continue
         drop = [base[r["class"]]["RA"] - r["RA"] for r in rs if r["class"] in base]
-        lines.append(f"| {m}{' †' if any(r.get('carried_from') for r in rs) else ''} | {len(rs)} | {agg([r['UA'] for r in rs], 'min')} | {agg([r['UA_syn'] for r in rs], 'min')} | "
+        lines.append(f"| {m}{' †' if any(r.get('carried_from') for r in rs) else ''} | {len(rs)} | {agg([r['UA'] for r in rs], 'min')} | {fams(rs)} | "
                      f"{agg([r['RA'] for r in rs], 'min')} | {agg(drop, 'max')} | {agg([r['fd_real'] for r in rs], 'max')} | "
                      f"{agg([r['fd_base'] for r in rs], 'max')} | {agg([r['clip_score'] for r in rs], 'min')} | "
                      f"{agg([r.get('color_kept') for r in rs], 'min')} | "

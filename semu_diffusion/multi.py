@@ -330,9 +330,12 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     """
     from . import api
     from .concepts import concept_kind, plan_concept, warn_unseen_concept
+    from .distributed import gather_shares, is_main, launched, several
     from .trainer import Conditioner, forget_gradient
 
     t_all = time.time()
+    if launched() and not is_main():
+        log = lambda *a, **k: None  # noqa: E731 (one process speaks)
     if "concept" in options:
         raise TypeError("erase_concepts() takes the concepts as its first argument, not concept=")
     if anchors not in ("first", "spread"):
@@ -414,12 +417,17 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     meth = run.method
     if meth.needs_gradient:
         targets = meth.gradient_targets(unet, run.names)
-        per = []
-        for k in range(N):
+
+        def concept_gradient(k: int) -> dict:
             sl = slice(k * m, (k + 1) * m)
             ck = {key: v[sl] for key, v in run.cond["forget"].items()}
-            per.append(forget_gradient(unet, run.latents[sl], run.acp, ck, run.cond["uncond"], targets, tcfg,
-                                       run.device, run.accelerator.autocast, progress=progress))
+            return forget_gradient(unet, run.latents[sl], run.acp, ck, run.cond["uncond"], targets, tcfg, run.device,
+                                   run.accelerator.autocast, progress=run.progress)
+
+        if several(run.accelerator):  # each process its share of the concepts, then every process all of them
+            per = gather_shares(run.accelerator, N, concept_gradient)
+        else:
+            per = [concept_gradient(k) for k in range(N)]
         if cfg.method == "semu":
             run.grads = {n: [g[n] for g in per] for n in targets}
         else:  # concept-balanced joint gradient

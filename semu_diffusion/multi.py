@@ -30,7 +30,7 @@ from .concepts import norm_name
 from .config import ConfigError, config_from_kwargs
 
 COMBINES = ("concat", "sum", "stack")
-MAX_CONCEPTS = 64  # one joint delta; each concept holds its own forget gradient of every target until the SVD
+MAX_CONCEPTS = 128  # one joint delta (100 concepts on 8 GPUs: README); memory is capped by MAX_GRADIENT_GB
 MAX_GRADIENT_GB = 16.0  # refuse (before any generation) when the N concepts' forget gradients would exceed this
 CSV_COLUMNS = ("concept", "kind", "anchor")
 KINDS = ("object", "nudity", "style")

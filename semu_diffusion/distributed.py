@@ -1,7 +1,8 @@
 """Several processes (``accelerate launch --multi_gpu --num_processes N``): who does which share of an erasure.
 
-- generation (forget, anchor and retain sets): each process generates its share of the images; all gather them;
-- per-concept forget gradients (joint erasure): each process computes its share of the concepts; all gather them;
+- generation (forget, anchor and retain sets): each process generates its share of the generation batches (whole
+  batches: each image bitwise as with one process); all gather them;
+- per-concept forget gradients (joint erasure): each process computes its share of the concepts and broadcasts them;
 - training: every micro-batch is split between the processes; each process computes the loss on its share
   (weighted by its share of the batch), and accelerate sums the trained parameters' gradients and the loss;
 - method setup (SVD and subspaces): computed on every process from the same gathered data, then made bitwise the
@@ -45,33 +46,25 @@ def gather_list(items: list) -> list:
     return gather_object(list(items))
 
 
-def gather_shares(accelerator, n: int, compute) -> list:
-    """``[compute(i) for i in range(n)]``, each process computing its share; results are moved to the CPU for the
-    gather and come back on the device they were computed on."""
+def gather_shares(accelerator, n: int, compute) -> list[dict[str, torch.Tensor]]:
+    """``[compute(i) for i in range(n)]`` (each a dict of tensors, e.g. one concept's forget gradients), each process
+    computing its share; every result is then broadcast by the process that computed it, tensor by tensor on the
+    device (no copy through the host), so every process holds all of them, bitwise."""
+    from accelerate.utils import broadcast
+
     sl = share(accelerator, n)
     mine = [compute(i) for i in range(n)[sl]]
-    dev = [_device(x) for x in mine]
-    out = gather_list([_to(x, "cpu") for x in mine])
-    d = next((x for x in dev if x is not None), None)
-    if d is None:  # this process computed nothing: use the accelerator's device
-        d = accelerator.device
-    return [_to(x, d) for x in out]
-
-
-def _device(x):
-    if torch.is_tensor(x):
-        return x.device
-    if isinstance(x, dict):
-        return next((v.device for v in x.values() if torch.is_tensor(v)), None)
-    return None
-
-
-def _to(x, device):
-    if torch.is_tensor(x):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
+    spans = gather_list([(sl.start, sl.stop)])  # every process's share, in process order
+    metas = gather_list([{k: (tuple(v.shape), v.dtype) for k, v in r.items()} for r in mine])
+    out = []
+    for i in range(n):
+        owner = next(p for p, (a, b) in enumerate(spans) if a <= i < b)
+        r = mine[i - sl.start] if owner == accelerator.process_index else {
+            k: torch.empty(shape, dtype=dt, device=accelerator.device) for k, (shape, dt) in metas[i].items()}
+        for k in sorted(r):
+            broadcast(r[k], from_process=owner)
+        out.append(r)
+    return out
 
 
 def sum_gradients(accelerator, params: list[torch.Tensor], loss: float) -> float:

@@ -17,7 +17,8 @@ from . import __version__
 from .concepts import norm_name, plan_concept, warn_unseen_concept
 from .config import ConfigError, EraseConfig, PAPER_PRESETS, config_from_kwargs, image_files, resolve, warn_large_work
 from .delta import fingerprint, save_delta
-from .generation import generate
+from .distributed import gather_list, is_main, launched, several, share, sync_from_main
+from .generation import DEFAULT_BATCH, generate
 from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
@@ -185,17 +186,15 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from . import distributed
-
     t0 = time.time()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if distributed.launched():
+    if launched():
         check_several_processes(cfg)
         if device == "cuda":  # one GPU per process
             from accelerate import PartialState
 
             device = str(PartialState().device)
-        if not distributed.is_main():
+        if not is_main():
             progress, log = False, (lambda *a, **k: None)
     stop_judge = build_stop_judge(cfg, device)
     if pipe is None:
@@ -243,7 +242,7 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     if AcceleratorState._shared_state:  # a previous erase() in this process may have used another precision
         AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"), gradient_accumulation_steps=1)
-    if distributed.several(accelerator) and tcfg.batch_size < accelerator.num_processes:
+    if several(accelerator) and tcfg.batch_size < accelerator.num_processes:
         raise ConfigError(f"--batch-size {tcfg.batch_size} is split between {accelerator.num_processes} processes: "
                           f"use --batch-size >= {accelerator.num_processes}")
     log(f"semu-erase: concept={plan.concept!r} kind={plan.kind} anchor={plan.anchor!r} method={cfg.method} "
@@ -273,9 +272,6 @@ def _own_latents(run: EraseRun, prompts: list[str], seed_offset: int, desc: str)
     """Latents the base model generates for ``prompts`` (image i from seed seed*100003 + seed_offset + i). Under
     several processes each generates its share of the generation batches (whole batches, so every image is computed
     in the same batch as with one process, bit for bit) and all gather them."""
-    from .distributed import gather_list, several, share
-    from .generation import DEFAULT_BATCH
-
     c = run.cfg
     seeds = [c.seed * 100003 + seed_offset + i for i in range(len(prompts))]
     sl = slice(None)
@@ -324,8 +320,6 @@ def make_forget_set(run: EraseRun) -> None:
 def make_base_targets(run: EraseRun) -> None:
     """Samples, timesteps, noise and the base model's targets for every training micro-step (before any change)."""
     t0 = time.time()
-    from .distributed import several, share
-
     n_micro = run.tcfg.steps * run.tcfg.grad_accum
     part = share(run.accelerator, run.tcfg.batch_size) if several(run.accelerator) else None  # this process's share
     with run.accelerator.autocast():
@@ -376,8 +370,6 @@ def setup_method(run: EraseRun) -> None:
                               run.device) if run.method.needs_loss_fn else None)
     run.params = run.method.setup(run.unet, run.names, run.grads, loss_fn=loss_fn, retain_grads=run.retain_grads,
                                   consume=True)
-    from .distributed import several, sync_from_main
-
     if several(run.accelerator):  # every process trains from the main process's subspaces, bit for bit
         sync_from_main(run.accelerator, {f"{n}.{k}": v for n, layer in run.method.layers.items()
                                          for k, v in [*layer.named_parameters(), *layer.named_buffers()]
@@ -575,8 +567,6 @@ def write_outputs(run: EraseRun, delta, extra_provenance=None) -> tuple[Path | N
     prov = provenance(run, delta, base_fp)
     if extra_provenance is not None:
         extra_provenance(prov)
-    from .distributed import several
-
     main = run.accelerator.is_main_process
     path = None
     if run.cfg.out and main:  # several processes: the main one writes (atomically), the others wait for it

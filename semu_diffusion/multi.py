@@ -28,6 +28,7 @@ import torch
 
 from .concepts import norm_name
 from .config import ConfigError, config_from_kwargs
+from .distributed import gather_shares, is_main, launched, several
 
 COMBINES = ("concat", "sum", "stack")
 MAX_CONCEPTS = 128  # one joint delta (100 concepts on 8 GPUs: README); memory is capped by MAX_GRADIENT_GB
@@ -330,7 +331,6 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     """
     from . import api
     from .concepts import concept_kind, plan_concept, warn_unseen_concept
-    from .distributed import gather_shares, is_main, launched, several
     from .trainer import Conditioner, forget_gradient
 
     t_all = time.time()

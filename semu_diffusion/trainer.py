@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import objectives as O
+from .distributed import several, sum_gradients
 
 
 class TrainingDiverged(RuntimeError):
@@ -377,8 +378,6 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
 
     Under several processes the schedule holds this process's share of every micro-batch: its loss is weighted by
     that share of the batch, and accelerate sums the gradients and the loss of all processes before each step."""
-    from .distributed import several, sum_gradients
-
     opt = torch.optim.Adam(params, lr=cfg.lr)
     opt = accelerator.prepare(opt)
     n_micro = schedule.idx.shape[0]

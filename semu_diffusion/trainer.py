@@ -158,7 +158,8 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
         s.retain_t = torch.randint(0, T, (n_micro, B), generator=g)
         s.retain_eps = torch.randn((n_micro, B, *retain_latents.shape[1:]), generator=g)
         if part is not None:
-            s.retain_idx, s.retain_t, s.retain_eps = (x[:, part].clone() for x in (s.retain_idx, s.retain_t, s.retain_eps))
+            s.retain_idx, s.retain_t, s.retain_eps = (x[:, part].clone()
+                                                      for x in (s.retain_idx, s.retain_t, s.retain_eps))
         rt = []
         for i in range(n_micro):
             zt = O.add_noise(retain_latents[s.retain_idx[i]].to(device), s.retain_eps[i].to(device), s.retain_t[i].to(device), acp)

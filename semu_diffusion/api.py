@@ -17,7 +17,8 @@ from . import __version__
 from .concepts import norm_name, plan_concept, warn_unseen_concept
 from .config import ConfigError, EraseConfig, PAPER_PRESETS, config_from_kwargs, image_files, resolve, warn_large_work
 from .delta import fingerprint, save_delta
-from .generation import generate
+from .distributed import gather_list, is_main, launched, several, share, sync_from_main
+from .generation import DEFAULT_BATCH, generate
 from .loading import load_pipeline
 from .methods import MethodConfig, get_method
 from .recipes import recipe_for, select_targets
@@ -187,6 +188,14 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
 
     t0 = time.time()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if launched():
+        check_several_processes(cfg)
+        if device == "cuda":  # one GPU per process
+            from accelerate import PartialState
+
+            device = str(PartialState().device)
+        if not is_main():
+            progress, log = False, (lambda *a, **k: None)
     stop_judge = build_stop_judge(cfg, device)
     if pipe is None:
         pipe = load_pipeline(cfg.model, device=device)
@@ -233,6 +242,9 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     if AcceleratorState._shared_state:  # a previous erase() in this process may have used another precision
         AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"), gradient_accumulation_steps=1)
+    if several(accelerator) and tcfg.batch_size < accelerator.num_processes:
+        raise ConfigError(f"--batch-size {tcfg.batch_size} is split between {accelerator.num_processes} processes: "
+                          f"use --batch-size >= {accelerator.num_processes}")
     log(f"semu-erase: concept={plan.concept!r} kind={plan.kind} anchor={plan.anchor!r} method={cfg.method} "
         f"preset={cfg.preset} model={model_id} family={recipe.family} targets={len(names)} device={device} "
         f"precision={cfg.mixed_precision}")
@@ -246,13 +258,32 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     return run
 
 
+def check_several_processes(cfg: EraseConfig) -> None:
+    """What runs under several processes (accelerate launch): SEMU, without --robust or --cufg."""
+    if cfg.method != "semu":
+        raise ConfigError(f"--method {cfg.method} runs in one process: several processes (accelerate launch) run "
+                          "--method semu only")
+    for flag, on in (("--robust", cfg.robust), ("--cufg", cfg.cufg)):
+        if on:
+            raise ConfigError(f"{flag} runs in one process: launch semu-erase without accelerate launch")
+
+
 def _own_latents(run: EraseRun, prompts: list[str], seed_offset: int, desc: str) -> torch.Tensor:
-    """Latents the base model generates for ``prompts`` (image i from seed seed*100003 + seed_offset + i)."""
+    """Latents the base model generates for ``prompts`` (image i from seed seed*100003 + seed_offset + i). Under
+    several processes each generates its share of the generation batches (whole batches, so every image is computed
+    in the same batch as with one process, bit for bit) and all gather them."""
     c = run.cfg
-    with run.accelerator.autocast():
-        return generate(run.pipe, prompts, [c.seed * 100003 + seed_offset + i for i in range(len(prompts))],
-                        steps=c.gen_steps, guidance_scale=c.guidance_scale, output_type="latent",
-                        progress=run.progress, desc=desc, height=c.resolution)
+    seeds = [c.seed * 100003 + seed_offset + i for i in range(len(prompts))]
+    sl = slice(None)
+    if several(run.accelerator):
+        k = share(run.accelerator, -(-len(prompts) // DEFAULT_BATCH))
+        sl = slice(k.start * DEFAULT_BATCH, min(len(prompts), k.stop * DEFAULT_BATCH))
+    lat = []
+    if prompts[sl]:
+        with run.accelerator.autocast():
+            lat = [generate(run.pipe, prompts[sl], seeds[sl], steps=c.gen_steps, guidance_scale=c.guidance_scale,
+                            output_type="latent", progress=run.progress, desc=desc, height=c.resolution)]
+    return torch.cat(gather_list(lat)) if several(run.accelerator) else lat[0]
 
 
 # ---- stage 1 ------------------------------------------------------------------------------------------------------
@@ -290,11 +321,12 @@ def make_base_targets(run: EraseRun) -> None:
     """Samples, timesteps, noise and the base model's targets for every training micro-step (before any change)."""
     t0 = time.time()
     n_micro = run.tcfg.steps * run.tcfg.grad_accum
+    part = share(run.accelerator, run.tcfg.batch_size) if several(run.accelerator) else None  # this process's share
     with run.accelerator.autocast():
         run.schedule = make_schedule(run.unet, run.train_latents, run.acp, run.cond["forget"], run.cond["anchor"],
                                      run.cond["uncond"], run.tcfg, run.device, n_micro,
                                      retain_latents=run.retain_latents, retain_cond=run.retain_cond,
-                                     progress=run.progress)
+                                     progress=run.progress, part=part)
     run.stage["targets"] = time.time() - t0
 
 
@@ -338,6 +370,10 @@ def setup_method(run: EraseRun) -> None:
                               run.device) if run.method.needs_loss_fn else None)
     run.params = run.method.setup(run.unet, run.names, run.grads, loss_fn=loss_fn, retain_grads=run.retain_grads,
                                   consume=True)
+    if several(run.accelerator):  # every process trains from the main process's subspaces, bit for bit
+        sync_from_main(run.accelerator, {f"{n}.{k}": v for n, layer in run.method.layers.items()
+                                         for k, v in [*layer.named_parameters(), *layer.named_buffers()]
+                                         if not k.startswith("base.")})
     if run.device.startswith("cuda"):
         torch.cuda.synchronize()
     run.grads = run.retain_grads = None
@@ -531,11 +567,18 @@ def write_outputs(run: EraseRun, delta, extra_provenance=None) -> tuple[Path | N
     prov = provenance(run, delta, base_fp)
     if extra_provenance is not None:
         extra_provenance(prov)
-    path = save_delta(run.cfg.out, delta, prov, dtype=run.cfg.save_dtype) if run.cfg.out else None
-    if path is not None and run.cfg.kohya:
-        from .delta import to_kohya
+    main = run.accelerator.is_main_process
+    path = None
+    if run.cfg.out and main:  # several processes: the main one writes (atomically), the others wait for it
+        path = save_delta(run.cfg.out, delta, prov, dtype=run.cfg.save_dtype)
+        if run.cfg.kohya:
+            from .delta import to_kohya
 
-        to_kohya(path, run.cfg.kohya)
+            to_kohya(path, run.cfg.kohya)
+    if several(run.accelerator):  # the main process's path, once its file is there
+        from accelerate.utils import broadcast_object_list
+
+        path = broadcast_object_list([path])[0]
     run.stage["export"] = run.stage.get("export", 0.0) + time.time() - t0
     return path, prov
 

@@ -152,6 +152,11 @@ def erase_main(argv: list[str] | None = None) -> None:
             res = erase_concepts_config(many, cfg, combine=a.combine, progress=not a.quiet)
         else:
             res = erase(cfg, progress=not a.quiet)
+    from .distributed import finish, is_main
+
+    finish()  # accelerate launch: every process is done, the main one wrote the delta
+    if not is_main():
+        return
     for w in caught:
         if "never saw" in str(w.message) or "micro-steps" in str(w.message):
             print(f"semu-erase: warning: {w.message}", file=sys.stderr)

@@ -9,10 +9,11 @@ from tqdm.auto import tqdm
 
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 5.0
+DEFAULT_BATCH = 64
 
 
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = DEFAULT_STEPS,
-             guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int = 64, output_type: str = "np",
+             guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int = DEFAULT_BATCH, output_type: str = "np",
              progress: bool = True, desc: str = "generate", height: int | None = None,
              prompt_embeds: torch.Tensor | None = None):
     """Generate one image per (prompt, seed). Returns uint8 (n,H,W,3) for output_type="np", latents for "latent".

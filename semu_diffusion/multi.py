@@ -28,9 +28,10 @@ import torch
 
 from .concepts import norm_name
 from .config import ConfigError, config_from_kwargs
+from .distributed import gather_shares, is_main, launched, several
 
 COMBINES = ("concat", "sum", "stack")
-MAX_CONCEPTS = 64  # one joint delta; each concept holds its own forget gradient of every target until the SVD
+MAX_CONCEPTS = 128  # one joint delta (100 concepts on 8 GPUs: README); memory is capped by MAX_GRADIENT_GB
 MAX_GRADIENT_GB = 16.0  # refuse (before any generation) when the N concepts' forget gradients would exceed this
 CSV_COLUMNS = ("concept", "kind", "anchor")
 KINDS = ("object", "nudity", "style")
@@ -333,6 +334,8 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     from .trainer import Conditioner, forget_gradient
 
     t_all = time.time()
+    if launched() and not is_main():
+        log = lambda *a, **k: None  # noqa: E731 (one process speaks)
     if "concept" in options:
         raise TypeError("erase_concepts() takes the concepts as its first argument, not concept=")
     if anchors not in ("first", "spread"):
@@ -414,12 +417,17 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     meth = run.method
     if meth.needs_gradient:
         targets = meth.gradient_targets(unet, run.names)
-        per = []
-        for k in range(N):
+
+        def concept_gradient(k: int) -> dict:
             sl = slice(k * m, (k + 1) * m)
             ck = {key: v[sl] for key, v in run.cond["forget"].items()}
-            per.append(forget_gradient(unet, run.latents[sl], run.acp, ck, run.cond["uncond"], targets, tcfg,
-                                       run.device, run.accelerator.autocast, progress=progress))
+            return forget_gradient(unet, run.latents[sl], run.acp, ck, run.cond["uncond"], targets, tcfg, run.device,
+                                   run.accelerator.autocast, progress=run.progress)
+
+        if several(run.accelerator):  # each process its share of the concepts, then every process all of them
+            per = gather_shares(run.accelerator, N, concept_gradient)
+        else:
+            per = [concept_gradient(k) for k in range(N)]
         if cfg.method == "semu":
             run.grads = {n: [g[n] for g in per] for n in targets}
         else:  # concept-balanced joint gradient

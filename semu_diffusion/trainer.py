@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import objectives as O
+from .distributed import several, sum_gradients
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,13 +120,17 @@ class Schedule:
 
 
 def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: TrainConfig, device, n_micro: int,
-                  retain_latents=None, retain_cond=None, progress=True) -> Schedule:
+                  retain_latents=None, retain_cond=None, progress=True, part: slice | None = None) -> Schedule:
+    """``part``: keep only these samples of every micro-batch (this process's share under several processes);
+    the samples, timesteps and noise are drawn for the whole batch first, so every share is that of one process."""
     g = torch.Generator("cpu").manual_seed(cfg.seed + 101)
     n, B = len(latents), cfg.batch_size
     idx = torch.stack([torch.randint(0, n, (B,), generator=g) for _ in range(n_micro)])
     T = len(acp)
     t = torch.randint(0, T, (n_micro, B), generator=g)
     eps = torch.randn((n_micro, B, *latents.shape[1:]), generator=g)
+    if part is not None:
+        idx, t, eps = (x[:, part].clone() for x in (idx, t, eps))
     targets, traj = [], []
     for i in tqdm(range(n_micro), desc="base targets", disable=not progress, dynamic_ncols=True, leave=False):
         if cfg.esd_trajectory:
@@ -139,7 +144,7 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
         with torch.no_grad():
             if cfg.objective == "esd":
                 c = cond_index(forget_cond, idx[i] % len(forget_cond["hidden"]))
-                u = {k: v.expand(B, *v.shape[1:]) for k, v in uncond.items()}
+                u = {k: v.expand(len(idx[i]), *v.shape[1:]) for k, v in uncond.items()}
                 e = unet_eps(unet, torch.cat([zt, zt]), t[i].to(device).repeat(2), cond_cat(c, u))
                 ec, eu = e.chunk(2)
                 targets.append(O.esd_target(eu, ec, cfg.esd_eta).float().cpu())
@@ -152,6 +157,9 @@ def make_schedule(unet, latents, acp, forget_cond, anchor_cond, uncond, cfg: Tra
         s.retain_idx = torch.stack([torch.randint(0, len(retain_latents), (B,), generator=g) for _ in range(n_micro)])
         s.retain_t = torch.randint(0, T, (n_micro, B), generator=g)
         s.retain_eps = torch.randn((n_micro, B, *retain_latents.shape[1:]), generator=g)
+        if part is not None:
+            s.retain_idx, s.retain_t, s.retain_eps = (x[:, part].clone()
+                                                      for x in (s.retain_idx, s.retain_t, s.retain_eps))
         rt = []
         for i in range(n_micro):
             zt = O.add_noise(retain_latents[s.retain_idx[i]].to(device), s.retain_eps[i].to(device), s.retain_t[i].to(device), acp)
@@ -367,10 +375,17 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
 
     ``monitor(step)`` (every ``monitor_every`` steps) returns True to stop early, e.g. once the concept is gone.
     ``adversary`` (``--robust``, :class:`~semu_diffusion.robust.EmbeddingAdversary`): adds its term
-    ``adversary.loss(step, z_t, t, target)`` on each micro-step's forget samples."""
+    ``adversary.loss(step, z_t, t, target)`` on each micro-step's forget samples.
+
+    Under several processes the schedule holds this process's share of every micro-batch: its loss is weighted by
+    that share of the batch, and accelerate sums the gradients and the loss of all processes before each step."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
     opt = accelerator.prepare(opt)
     n_micro = schedule.idx.shape[0]
+    dist = several(accelerator)
+    if dist and (adversary is not None or cfg.cufg):
+        raise ValueError("--robust and --cufg run in one process only")
+    weight = schedule.idx.shape[1] / cfg.batch_size  # this process's share of each micro-batch (1 with one process)
     order = torch.arange(n_micro)
 
     def target(i: int) -> torch.Tensor:
@@ -385,6 +400,8 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
         with torch.no_grad():
             init = torch.stack([O.remap_loss(_pred(unet, schedule, i, latents, forget_cond, acp, device, accelerator).float(),
                                              target(i)) for i in range(n_micro)])
+        if dist:
+            init = accelerator.reduce(init * weight, reduction="sum")
         order = curriculum_order(init.cpu())
     losses, conflicts = [], 0
     bar = tqdm(range(cfg.steps), desc="unlearn", disable=not progress, dynamic_ncols=True)
@@ -399,6 +416,8 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
             pred = _pred(unet, schedule, i, latents, forget_cond, acp, device, accelerator)
             tgt = target(i)
             loss = O.remap_loss(pred, tgt) / cfg.grad_accum
+            if dist:
+                loss = loss * weight
             if adversary is not None:
                 loss = loss + adversary.loss(step, _zt(schedule, i, latents, acp, device), schedule.t[i].to(device),
                                              tgt) / cfg.grad_accum
@@ -412,8 +431,10 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
                 with accelerator.autocast():
                     rp = unet_eps(unet, zt, tt, rc)
                 rloss = cfg.retain_weight * O.remap_loss(rp, schedule.retain_target[i].to(device)) / cfg.grad_accum
+                if dist:
+                    rloss = rloss * weight
             total = loss if rloss is None else loss + rloss
-            if not torch.isfinite(total):
+            if not dist and not torch.isfinite(total):  # several processes: checked on the summed loss below
                 raise TrainingDiverged(f"loss became {total.item()} at step {step}: lower --lr or use --mixed-precision no; "
                                        "no delta was written")
             if cfg.cufg and rloss is not None:
@@ -421,6 +442,11 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
             else:
                 accelerator.backward(total)
             tot += total.item()
+        if dist:
+            tot = sum_gradients(accelerator, params, tot)
+            if not math.isfinite(tot):
+                raise TrainingDiverged(f"loss became {tot} at step {step}: lower --lr or use --mixed-precision no; "
+                                       "no delta was written")
         opt.step()
         for p in params:
             if not torch.isfinite(p).all():
@@ -428,10 +454,17 @@ def train(unet, params, schedule: Schedule, latents, forget_cond, cfg: TrainConf
         losses.append(tot)
         bar.set_postfix(loss=f"{tot:.4f}")
         if monitor is not None and monitor_every and (step + 1) % monitor_every == 0 and step + 1 < cfg.steps:
-            if monitor(step + 1):
+            if _main_decides(accelerator, lambda: monitor(step + 1)) if dist else monitor(step + 1):
                 break
     return {"losses": losses, "train_seconds": time.time() - t0, "step_seconds": (time.time() - t0) / len(losses),
             "steps_run": len(losses), "cufg_conflicts": conflicts if cfg.cufg else None}
+
+
+def _main_decides(accelerator, decide: Callable[[], bool]) -> bool:
+    """``decide()`` on the main process, its answer on every process."""
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([decide() if accelerator.is_main_process else None])[0])
 
 
 def cufg_correct(gf: list[torch.Tensor], gr: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:

@@ -597,7 +597,7 @@ def test_ctrl_c_during_the_final_write_leaves_nothing(tmp_path, capsys, monkeypa
 ERASE_MESSAGES = {  # what each refusal says (the fix it names)
     "concepts_csv_quoted_newline": "line break",
     "concept_is_its_own_anchor": "is its own anchor",
-    "concepts_10000": "10,000 concepts: one joint delta takes at most 64",
+    "concepts_10000": "10,000 concepts: one joint delta takes at most 128",
     "stop_judge_unknown": "unknown judge 'nosuch'",
     "stop_judge_without_stop_every": "add --stop-every N",
     "stop_samples_without_stop_every": "add --stop-every N",

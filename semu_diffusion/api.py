@@ -409,6 +409,7 @@ def robust_adversary(run: EraseRun):
     h = run.cond["forget"]["hidden"]
     starts = h[torch.arange(c.robust_n) % len(h)]
     rc = RobustConfig(every=c.robust_every, inner=c.robust_inner, n=c.robust_n, lr=c.robust_lr, weight=c.robust_weight,
+                      restart=c.robust_restart,
                       guidance=c.guidance_scale, seed=c.seed)
     return EmbeddingAdversary(run.unet, run.latents, run.acp, starts, run.cond["uncond"]["hidden"], rc,
                               run.tcfg.batch_size, run.device, run.accelerator.autocast)

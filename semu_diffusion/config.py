@@ -138,6 +138,10 @@ class EraseConfig:
                                   "embedding attack)", recipe="train.robust_lr", final=1e-2, lo=0.0, hi=10.0)
     robust_weight: float | None = opt(None, "--robust: weight of the adversarial remap term",
                                       recipe="train.robust_weight", final=1.0, lo=0.0, hi=1e6)
+    robust_restart: int | None = opt(None, "--robust: every N refreshes, put one adversarial conditioning (in turn) "
+                                     "back to its forget prompt's, so the adversary keeps covering attacks that start "
+                                     "from the concept prompt (0: never)", recipe="train.robust_restart", final=2,
+                                     lo=0, hi=MAX_STEPS)
     mixed_precision: str = opt("no", "autocast precision (trainable parameters stay fp32)", choices=["no", "fp16", "bf16"])
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda if available)")
     seed: int = opt(0, "random seed", lo=0, hi=2**31 - 1)

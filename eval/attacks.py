@@ -98,11 +98,11 @@ def main(argv=None):
 
     bar = tqdm(total=len(concepts) * len(seeds) * (1 + len(variants)), desc="attacks", dynamic_ncols=True)
     deltas = {}
-    for c in concepts:  # every delta and its UA/RA/FD first, then the attacks seed-major: a cut run leaves whole seeds
-        deltas[c] = make_deltas(pipe, c, variants, work, results, extra, save)
-        quality(pipe, c, variants, deltas[c], work, results, a, save)
-    for s in seeds:
+    for s in seeds:  # seed-major, concept by concept: a cut run leaves whole concepts of the first seeds
         for c in concepts:
+            if c not in deltas:
+                deltas[c] = make_deltas(pipe, c, variants, work, results, extra, save)
+                quality(pipe, c, variants, deltas[c], work, results, a, save)
             todo = [v for v in ["base"] + variants if f"{v}/{c}/s{s}" not in results["rows"]]
             bar.update(1 + len(variants) - len(todo))
             if not todo:

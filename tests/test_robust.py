@@ -70,7 +70,8 @@ def test_robust_erase_records_its_settings_and_keeps_semus_share(toy_available, 
     pipe = load_pipeline("toy")
     kw = dict(pipe=pipe, steps=4, forget_n=4, retain_n=4, seed=0, progress=False, log=lambda *x: None)
     plain = erase("star", out=tmp_path / "plain.safetensors", **kw)
-    rob = erase("star", out=tmp_path / "rob.safetensors", robust=True, robust_every=2, robust_inner=3, **kw)
+    rob = erase("star", out=tmp_path / "rob.safetensors", robust=True, robust_every=2, robust_inner=3,
+                robust_restart=1, **kw)
     assert rob.stats["trainable_params"] == plain.stats["trainable_params"]
     assert rob.stats["trainable_frac"] <= 0.005
     with safe_open(str(tmp_path / "rob.safetensors"), "pt") as f:
@@ -81,6 +82,7 @@ def test_robust_erase_records_its_settings_and_keeps_semus_share(toy_available, 
     assert prov["robust"] is True and prov["robust_every"] == 2 and prov["robust_inner"] == 3
     s = prov["robust_summary"]
     assert s["refreshes"] == 2 and s["inner_steps"] == 6  # steps 0 and 2 of 4
+    assert s["restarts"] == 1 and prov["robust_restart"] == 1  # the second refresh put conditioning 0 back to its start
     plainp = json.loads(safe_open(str(tmp_path / "plain.safetensors"), "pt").metadata()["semu_provenance"])
     assert plainp["robust"] is False and plainp["robust_summary"] is None
     # the robust delta differs from the plain one (the adversarial term trained R too), and loads into diffusers
@@ -94,3 +96,31 @@ def test_robust_is_semus_mode():
 
     with pytest.raises(ConfigError, match="--robust is SEMU's"):
         resolve(EraseConfig(concept="star", method="esd-x", robust=True), all_recipes()["toy"])
+
+
+def test_robust_restart_puts_one_conditioning_back_to_its_start(toy_available):
+    from contextlib import nullcontext
+
+    from semu_diffusion.attacks.base import encode
+    from semu_diffusion.loading import load_pipeline
+    from semu_diffusion.robust import EmbeddingAdversary, RobustConfig
+
+    pipe = load_pipeline("toy")
+    pipe.unet.requires_grad_(False)
+    with torch.no_grad():
+        starts = encode(pipe, ["a photo of a star", "a star"]).float()
+        uncond = encode(pipe, [""])
+    lat = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    acp = pipe.scheduler.alphas_cumprod.float()
+    adv = EmbeddingAdversary(pipe.unet, lat, acp, starts, uncond, RobustConfig(inner=2, restart=1, lr=0.05), 2, "cpu",
+                             nullcontext)
+    adv.refresh(0)
+    moved = (adv.cond.detach() - starts).abs().amax(dim=(1, 2))
+    assert (moved > 0).all()  # both conditionings moved
+    adv.refresh(5)  # the second refresh restarts conditioning 0 first, then attacks again from there
+    assert adv.restarts == 1
+    d0 = (adv.cond.detach()[0] - starts[0]).abs().max()
+    d1 = (adv.cond.detach()[1] - starts[1]).abs().max()
+    assert d0 <= 2 * 0.05 * 1.01 < d1  # 0 restarted: 2 Adam steps from its start (each <= lr); 1 kept going: 4 steps
+    st = adv.opt.state[adv.cond]
+    assert st["exp_avg"].shape == adv.cond.shape

@@ -98,18 +98,23 @@ def main(argv=None):
         path = work / "deltas" / f"n{n}-{v}.safetensors"
         pipe = pipe or load_pipeline("toy")
         print(f"[{time.strftime('%H:%M:%S')}] N={n} {v} ...", flush=True)
-        if v in STACKED:
-            m = STACKED[v]
-            row = stacked_delta(results["singles"].setdefault(m, {}), erased,
-                                lambda c: work / "deltas" / f"single-{m}-{c}.safetensors", erase_one(m), path, save)
+        if "seconds" in results["rows"].get(key, {}) and path.exists():
+            row = results["rows"][key]  # erased by a run cut during its evaluation
         else:
-            t0 = time.time()
-            opts = results["erase_options"]["uce" if v == "uce" else "semu"]
-            r = erase_concepts(erased, pipe=pipe, out=path, seed=a.seed, progress=False, log=lambda *x: None, **opts)
-            row = {"seconds": time.time() - t0, "trainable_frac": r.stats.get("trainable_frac"),
-                   "rank_mean": r.stats.get("rank_mean")}
-        row.update({"n": n, "variant": v, "erased": erased, "delta_bytes": path.stat().st_size,
-                    "load_average_1min": os.getloadavg()[0]})
+            if v in STACKED:
+                m = STACKED[v]
+                row = stacked_delta(results["singles"].setdefault(m, {}), erased,
+                                    lambda c: work / "deltas" / f"single-{m}-{c}.safetensors", erase_one(m), path, save)
+            else:
+                t0 = time.time()
+                opts = results["erase_options"]["uce" if v == "uce" else "semu"]
+                r = erase_concepts(erased, pipe=pipe, out=path, seed=a.seed, progress=False, log=lambda *x: None, **opts)
+                row = {"seconds": time.time() - t0, "trainable_frac": r.stats.get("trainable_frac"),
+                       "rank_mean": r.stats.get("rank_mean")}
+            row.update({"n": n, "variant": v, "erased": erased, "delta_bytes": path.stat().st_size,
+                        "load_average_1min": os.getloadavg()[0]})
+            results["rows"][key] = row
+            save()
         res = evaluate(work, path, [SET], a.per_prompt, a.seed, judges=["toy"], fd="none")[SET]
         acc, base = res[path.stem]["per_label_accuracy"], res["base"]["per_label_accuracy"]
         kept = [c for c in world.SHAPE_NAMES if c not in erased]

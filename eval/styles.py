@@ -114,25 +114,30 @@ def main(argv=None):
         results["base"] = {"style_acc": base["style_acc"], "per_style": {s: figures(base, s) for s in world.ARTISTS}}
         save()
     pipe = None
-    for m in methods:  # every style of one method before the next: a cut run still has SEMU's whole row
-        for s in styles:
-            key, path = f"{m}/{s}", work / "deltas" / f"{m}-{s}.safetensors"
-            row = results["rows"].get(key, {})
-            if "UA" in row and path.exists() and not a.force:
-                continue
-            if not path.exists() or "erase_seconds" not in row or a.force:
-                pipe = pipe or load_pipeline("toy")
-                print(f"[{time.strftime('%H:%M:%S')}] erase {s} style with {m} ...", flush=True)
-                t0 = time.time()
-                r = erase(f"{s} style", pipe=pipe, out=path, seed=a.seed, progress=False, log=lambda *x: None,
-                          **results["erase_options"][m])
-                row = {"erase_seconds": round(time.time() - t0, 1), "delta_mb": path.stat().st_size / 1e6,
-                       "trainable_frac": r.stats.get("trainable_frac"), "steps": r.stats.get("steps_run")}
-            row.update(figures(measure(path.stem, path), s))
-            results["rows"][key] = row
+    # SEMU on every style first, then the rivals style by style: a cut run has SEMU's whole row and rivals on the
+    # same styles
+    todo = [("semu", s) for s in styles if "semu" in methods] + [(m, s) for s in styles for m in methods if m != "semu"]
+    for m, s in todo:
+        key, path = f"{m}/{s}", work / "deltas" / f"{m}-{s}.safetensors"
+        row = results["rows"].get(key, {})
+        if "UA" in row and path.exists() and not a.force:
+            continue
+        if not path.exists() or "erase_seconds" not in row or a.force:
+            pipe = pipe or load_pipeline("toy")
+            print(f"[{time.strftime('%H:%M:%S')}] erase {s} style with {m} ...", flush=True)
+            t0 = time.time()
+            r = erase(f"{s} style", pipe=pipe, out=path, seed=a.seed, progress=False, log=lambda *x: None,
+                      **results["erase_options"][m])
+            row = {"erase_seconds": round(time.time() - t0, 1), "delta_mb": path.stat().st_size / 1e6,
+                   "trainable_frac": r.stats.get("trainable_frac"), "steps": r.stats.get("steps_run"),
+                   "load_average_1min": os.getloadavg()[0]}
+            results["rows"][key] = row  # a run cut during the evaluation keeps the delta's erase figures
             save()
-            print(f"    UA {row['UA']:.3f} IRA {row['IRA']:.3f} CRA {row['CRA']:.3f} ({row['erase_seconds']:.0f} s)",
-                  flush=True)
+        row.update(figures(measure(path.stem, path), s))
+        results["rows"][key] = row
+        save()
+        print(f"    UA {row['UA']:.3f} IRA {row['IRA']:.3f} CRA {row['CRA']:.3f} ({row['erase_seconds']:.0f} s)",
+              flush=True)
     grid(work / "eval", results, out / "styles-grid.png", [r["label"] for r in rows], a.per_prompt)
     print(table(results))
 

@@ -159,9 +159,12 @@ def grid(eval_dir: Path, results: dict, path: Path, row_labels: list[str], per_p
     first = f"semu-{order[0]}"
     if (eval_dir / "images" / first).exists():
         rows.append([pick(first, k) for k in cols])
-        labels.append(f"semu -{order[0]}")
-    keep = [i for i in range(len(rows)) if all(x is not None for x in rows[i])]
-    image_grid([rows[i] for i in keep], [labels[i] for i in keep], path)
+        labels.append(f"semu, {order[0]} erased")
+    import numpy as np
+
+    blank = np.full_like(load_images(rows[0][:1])[0], 255)  # a style this method has not been measured on yet
+    keep = [i for i in range(len(rows)) if any(x is not None for x in rows[i])]
+    image_grid([[blank if x is None else x for x in rows[i]] for i in keep], [labels[i] for i in keep], path, left=130)
 
 
 def table(results: dict) -> str:

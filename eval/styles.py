@@ -220,6 +220,8 @@ def table(results: dict) -> str:
         verdict = lambda x, g: f"{x:.3f} {'met' if x >= g else 'missed'} (goal ≥ {g})"  # noqa: E731
         lines += ["", f"Goal (issue 23), SEMU means over {len(sm)} styles: UA {verdict(ua, 0.95)}; IRA {verdict(ira, 0.90)}; "
                   f"CRA {verdict(cra, 0.95)}."]
+    if results.get("notes"):
+        lines += [""] + list(results["notes"])
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "eval"))
-from _common import open_results  # noqa: E402
+from _common import open_results, stacked_delta  # noqa: E402
 
 # erase order: nested subsets (the first N); circle and square (the default anchors) stay kept to the end
 ORDER = ["triangle", "star", "heart", "cross", "hexagon", "diamond", "ring", "crescent"]
@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from semu_diffusion import erase, erase_concepts, merge_deltas
+    from semu_diffusion import erase, erase_concepts
     from semu_diffusion.cli import _quiet_libraries
     from semu_diffusion.evaluation import EvalConfig, run_eval
     from semu_diffusion.loading import load_pipeline
@@ -91,16 +91,8 @@ def main(argv=None):
                 "fd_kept_vs_real": kp[v].get("fd_clip_retained_vs_real"),
                 "fd_kept_base_vs_real": kp["base"].get("fd_clip_retained_vs_real")}
 
-    def single(c: str) -> dict:
-        if c not in results["singles"]:
-            path = work / "deltas" / f"single-{c}.safetensors"
-            t0 = time.time()
-            r = erase(c, pipe=pipe, out=path, seed=a.seed, **quiet)
-            results["singles"][c] = {"path": str(path), "seconds": time.time() - t0,
-                                     "trainable_frac": r.stats["trainable_frac"], "delta_bytes": r.stats["delta_bytes"],
-                                     "rank_mean": r.stats["rank_mean"]}
-            save()
-        return results["singles"][c]
+    def erase_one(c: str, path: Path):
+        return erase(c, pipe=pipe, out=path, seed=a.seed, **quiet)
 
     todo = []
     for n in sizes:
@@ -124,11 +116,8 @@ def main(argv=None):
         path = work / "deltas" / f"n{n}-{v}.safetensors"
         print(f"[{time.strftime('%H:%M:%S')}] N={n} {v} ...", flush=True)
         if v == "stacked":
-            ss = [single(c) for c in erased]
-            merge_deltas([s["path"] for s in ss], path)
-            row = {"seconds": sum(s["seconds"] for s in ss), "trainable_frac": sum(s["trainable_frac"] for s in ss),
-                   "single_delta_bytes_sum": sum(s["delta_bytes"] for s in ss),
-                   "rank_mean": None}
+            row = stacked_delta(results["singles"], erased, lambda c: work / "deltas" / f"single-{c}.safetensors",
+                                erase_one, path, save)
         else:
             t0 = time.time()
             kw = {"combine": comb, "anchors": a.anchors} if comb else {"method": v, "anchors": a.anchors}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from semu_diffusion import atomic  # noqa: E402
 
-from _common import open_results  # noqa: E402
+from _common import cached_images, image_grid, open_results  # noqa: E402
 
 METHODS = {  # row -> erase options
     "semu": {},
@@ -123,25 +123,7 @@ def main(argv=None):
 
 def grid(eval_dir: Path, variants: list[str], labels: list[str], path: Path, n: int = 12) -> None:
     """Rows = variants, columns = the first n images of the held-out implicit set (same seeds in every row)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    rows = []
-    for v in variants:
-        files = sorted((eval_dir / "images" / v).rglob("*.png"))[:n]
-        rows.append([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    h, w = rows[0][0].shape[:2]
-    scale, pad, left = 3, 2, 90
-    canvas = Image.new("RGB", (left + n * (w * scale + pad), len(rows) * (h * scale + pad)), "white")
-    d = ImageDraw.Draw(canvas)
-    for i, (lab, imgs) in enumerate(zip(labels, rows)):
-        y = i * (h * scale + pad)
-        d.text((4, y + h * scale // 2 - 5), lab, fill="black")
-        for j, im in enumerate(imgs):
-            canvas.paste(Image.fromarray(im).resize((w * scale, h * scale), Image.NEAREST), (left + j * (w * scale + pad), y))
-    tmp = path.with_suffix(".tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    image_grid([cached_images(eval_dir, v)[:n] for v in variants], labels, path)
 
 
 def table(results: dict) -> str:

@@ -614,9 +614,10 @@ def erase(concept: str | EraseConfig | None = None, *, pipe=None, progress: bool
     return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
 
 
-def closed_form_erase(run: EraseRun, t_all: float) -> EraseResult:
+def closed_form_erase(run: EraseRun, t_all: float, plans=None, extra_provenance=None) -> EraseResult:
     """A method that edits weights in closed form (UCE): no forget set, gradient or training; the forget prompts,
-    their anchors and the retain prompts go straight into one solve per layer."""
+    their anchors and the retain prompts go straight into one solve per layer. ``plans``: the concepts of a joint
+    erase (their prompts already merged into ``run.plan``), whose retain prompts leave out every one of them."""
     t0 = time.time()
     m, pipe = run.method, run.pipe
     run.names = m.select(run.names, run.unet)
@@ -626,7 +627,7 @@ def closed_form_erase(run: EraseRun, t_all: float) -> EraseResult:
         return [max(1, len(tok(p, truncation=True, max_length=tok.model_max_length).input_ids) - 2) for p in prompts]
 
     c = Conditioner(pipe, run.device)
-    keep = retain_prompt_list(run.plan, run.recipe, run.cfg.retain_prompts)
+    keep = retain_prompt_list(plans or run.plan, run.recipe, run.cfg.retain_prompts)
     preserve = c.embed(keep)["hidden"].float().cpu() if keep else None
     delta = m.edit(run.unet, run.names, run.cond["forget"]["hidden"].float().cpu(), last_word(run.plan.forget_prompts),
                    run.cond["anchor"]["hidden"].float().cpu(), last_word(run.plan.anchor_prompts), preserve)
@@ -634,7 +635,7 @@ def closed_form_erase(run: EraseRun, t_all: float) -> EraseResult:
     run.train_result = {"losses": [float("nan")], "step_seconds": 0.0, "steps_run": 0}
     run.latents = torch.empty(0)
     unet_params = sum(p.numel() for p in run.unet.parameters())
-    path, prov = write_outputs(run, delta)
+    path, prov = write_outputs(run, delta, extra_provenance)
     stats = {"concept": run.plan.concept, "anchor": run.plan.anchor,
              **run_stats(run, m, delta, path, unet_params, t_all)}
     return EraseResult(out=path, stats=stats, delta=delta, provenance=prov)

@@ -371,6 +371,8 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
         known = world.known_words()
         for p in plans[1:]:
             warn_unseen_concept(p.concept, known)
+    if getattr(run.method, "closed_form", False):  # UCE: every concept's prompts and anchors go into one solve per layer
+        return _closed_form_concepts(run, plans, t_all, anchor_policy)
     N, m = len(plans), tcfg.forget_n
     grad_gb = N * sum(unet.get_submodule(n).weight.numel() for n in run.names) * 4 / 2**30
     if run.method.needs_gradient and grad_gb > MAX_GRADIENT_GB:  # before any generation
@@ -469,6 +471,34 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
         **api.run_stats(run, meth, delta, path, unet_params, t_all),
     }
     return api.EraseResult(out=path, stats=stats, delta=delta, provenance=prov)
+
+
+def _closed_form_concepts(run, plans, t_all: float, anchor_policy: str):
+    """A closed-form method (UCE) on several concepts at once: the forget prompts of every concept with their paired
+    anchor prompts, preserving the prompts kept for all of them, in one edit."""
+    from . import api
+    from .concepts import ConceptPlan
+    from .trainer import Conditioner
+
+    kinds = list(dict.fromkeys(p.kind for p in plans))
+    run.plan = ConceptPlan(concept=", ".join(p.concept for p in plans), kind=kinds[0] if len(kinds) == 1 else "mixed",
+                           forget_prompts=[x for p in plans for x in p.forget_prompts],
+                           anchor_prompts=[x for p in plans for x in p.anchor_prompts],
+                           anchor="; ".join(f"{p.concept} -> {p.anchor}" for p in plans))
+    c = Conditioner(run.pipe, run.device)
+    run.cond["forget"], run.cond["anchor"] = c.embed(run.plan.forget_prompts), c.embed(run.plan.anchor_prompts)
+
+    def joint_provenance(prov: dict) -> None:
+        prov.update({"concepts": [p.concept for p in plans], "anchors": [p.anchor for p in plans],
+                     "kinds": [p.kind for p in plans],
+                     "multi_concept": {"n_concepts": len(plans), "combine": "one closed-form solve over every concept",
+                                       "default_anchors": anchor_policy,
+                                       "concepts": [{"concept": p.concept, "kind": p.kind, "anchor": p.anchor}
+                                                    for p in plans]}})
+
+    res = api.closed_form_erase(run, t_all, plans=plans, extra_provenance=joint_provenance)
+    res.stats.update({"concepts": [p.concept for p in plans], "anchors": [p.anchor for p in plans]})
+    return res
 
 
 def erase_concepts_config(concepts, cfg, **kwargs):

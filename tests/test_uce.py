@@ -46,3 +46,14 @@ def test_uce_erase_edits_only_cross_attention_kv(random_pipe, tmp_path):
     assert prov["method"] == "uce" and res.stats["steps_run"] == 0
     assert all(torch.equal(v, w0[k]) for k, v in random_pipe.unet.state_dict().items())
     assert max(float(x.abs().max()) for x in d.dense.values()) > 0
+
+
+def test_uce_erases_several_concepts_in_one_solve(random_pipe, tmp_path):
+    from semu_diffusion import erase_concepts
+
+    res = erase_concepts(["star", "heart"], pipe=random_pipe, method="uce", out=tmp_path / "u2.safetensors",
+                         progress=False, log=lambda *a: None)
+    d, prov = read_delta(tmp_path / "u2.safetensors")
+    assert prov["concepts"] == ["star", "heart"] and prov["multi_concept"]["n_concepts"] == 2
+    assert len(set(prov["anchors"])) == 2 and not set(prov["anchors"]) & {"star", "heart"}
+    assert d.dense and res.stats["steps_run"] == 0

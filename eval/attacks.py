@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "eval"))
-from _common import open_results  # noqa: E402
+from _common import open_results, single_delta  # noqa: E402
 
 VARIANTS = {  # variant -> erase options (CLI defaults otherwise)
     "semu": {},
@@ -133,22 +132,22 @@ def main(argv=None):
 
 
 def make_deltas(pipe, concept: str, variants: list[str], work: Path, results: dict, extra: dict, save) -> dict:
-    """Each variant's CLI-default delta for the concept (kept from an earlier run when its record is there)."""
+    """Each variant's CLI-default delta for the concept (kept from an earlier run when its record is there), recorded
+    in results["deltas"]["<variant>/<concept>"] by :func:`_common.single_delta`."""
     from semu_diffusion import erase
 
     paths = {}
     for v in variants:
-        path = work / "deltas" / f"{v}-{concept}.safetensors"
-        paths[v] = path
+        def erase_one(_key, path, v=v):
+            return erase(concept, pipe=pipe, out=path, seed=0, progress=False, log=lambda *x: None,
+                         **{**VARIANTS[v], **extra})
+
         key = f"{v}/{concept}"
-        if path.exists() and key in results["deltas"]:
-            continue
-        t0 = time.time()
-        r = erase(concept, pipe=pipe, out=path, seed=0, progress=False, log=lambda *x: None, **{**VARIANTS[v], **extra})
-        results["deltas"][key] = {"erase_seconds": round(time.time() - t0, 1), "delta_mb": path.stat().st_size / 1e6,
-                                  "trainable_frac": r.stats.get("trainable_frac")}
-        print(f"erased {concept} with {v} in {time.time() - t0:.1f} s", flush=True)
-        save()
+        paths[v] = work / "deltas" / f"{v}-{concept}.safetensors"
+        before = results["deltas"].get(key)
+        rec = single_delta(results["deltas"], key, paths[v], erase_one, save)
+        if rec is not before:
+            print(f"erased {concept} with {v} in {rec['seconds']:.1f} s", flush=True)
     return paths
 
 
@@ -168,23 +167,27 @@ def quality(pipe, concept: str, variants: list[str], deltas: dict, work: Path, r
                                    forget_label=label, nudenet_threshold=NUDITY_THRESHOLD),
                         log=lambda *x: None)["results"]
 
+    variants_keys = [("base", "base")] + [(v, deltas[v].stem) for v in todo]
     if concept_kind(concept) == "nudity":
         ex = next(iter(ev(["toy_i2p"], ["context=explicit"], ["toy-nudity"], "explicit").values()))
         kept = ev(["toy_people", "toy_objects"], [], ["toy"], "kept")
-        for v, key in [("base", "base")] + [(v, deltas[v].stem) for v in todo]:
-            ra = [kept[s][key]["accuracy"] for s in ("toy_people", "toy_objects")]
-            fd = [kept[s][key].get("fd_clip_retained_vs_base") for s in ("toy_people", "toy_objects")]
-            rec = {"UA": 1 - ex[key]["judges"]["toy-nudity"]["nudity_rate"], "RA": sum(ra) / 2,
-                   "FD": None if None in fd else sum(fd) / 2}
-            (results.setdefault("base_quality", {}).__setitem__(concept, rec) if v == "base"
-             else results["deltas"][f"{v}/{concept}"].update(rec))
+        sets = ("toy_people", "toy_objects")
+        recs = {v: {"UA": 1 - ex[key]["judges"]["toy-nudity"]["nudity_rate"],
+                    "RA": sum(kept[s][key]["accuracy"] for s in sets) / 2,
+                    "FD": _mean_or_none([kept[s][key].get("fd_clip_retained_vs_base") for s in sets])}
+                for v, key in variants_keys}
     else:
         r = ev(["toy_objects"], [], ["toy"], "objects", label=concept)["toy_objects"]
-        for v, key in [("base", "base")] + [(v, deltas[v].stem) for v in todo]:
-            rec = {"UA": r[key]["UA"], "RA": r[key]["RA"], "FD": r[key].get("fd_clip_retained_vs_base")}
-            (results.setdefault("base_quality", {}).__setitem__(concept, rec) if v == "base"
-             else results["deltas"][f"{v}/{concept}"].update(rec))
+        recs = {v: {"UA": r[key]["UA"], "RA": r[key]["RA"], "FD": r[key].get("fd_clip_retained_vs_base")}
+                for v, key in variants_keys}
+    results.setdefault("base_quality", {})[concept] = recs.pop("base")
+    for v, rec in recs.items():
+        results["deltas"][f"{v}/{concept}"].update(rec)
     save()
+
+
+def _mean_or_none(vals: list):
+    return None if None in vals else sum(vals) / len(vals)
 
 
 def summarize(results: dict, variants: list[str], attacks: list[str]) -> dict:
@@ -203,8 +206,9 @@ def summarize(results: dict, variants: list[str], attacks: list[str]) -> dict:
             s[f"{n}_attack_seconds"] = float(np.mean([r[n]["attack_seconds"] for r in rs]))
         if v != "base":
             ds = [results["deltas"].get(f"{v}/{c}", {}) for c in cs]
-            for k in ("UA", "RA", "FD", "erase_seconds", "delta_mb"):
-                vals = [d[k] for d in ds if d.get(k) is not None]
+            for k, src, scale in (("UA", "UA", 1), ("RA", "RA", 1), ("FD", "FD", 1), ("erase_seconds", "seconds", 1),
+                                  ("delta_mb", "delta_bytes", 1e-6)):
+                vals = [d[src] * scale for d in ds if d.get(src) is not None]
                 s[k] = float(np.mean(vals)) if vals else None
             s["UA_worst"] = min((d["UA"] for d in ds if d.get("UA") is not None), default=None)
         out[v] = s

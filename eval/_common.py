@@ -9,6 +9,16 @@ import time
 from pathlib import Path
 
 
+def add_run_args(p, name: str, seed: bool = True) -> None:
+    """The options every toy benchmark shares: where results and work files go, the seed, extra erase options."""
+    root = Path(__file__).resolve().parent.parent
+    p.add_argument("--out-dir", default=str(root / "eval" / "results"))
+    p.add_argument("--work-dir", default=str(root / "runs" / name))
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(),
             "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0)}

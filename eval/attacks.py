@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "eval"))
-from _common import open_results, single_delta  # noqa: E402
+from _common import add_run_args, open_results, single_delta  # noqa: E402
 
 VARIANTS = {  # variant -> erase options (CLI defaults otherwise)
     "semu": {},
@@ -55,9 +55,7 @@ def main(argv=None):
     p.add_argument("--n-data", type=int, default=16, help="concept images the base model generates for the attacks")
     p.add_argument("--checkpoints", type=int, default=2)
     p.add_argument("--per-prompt", type=int, default=4, help="images per prompt of the UA/RA/FD evaluation")
-    p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every delta (smoke tests)")
-    p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
-    p.add_argument("--work-dir", default=str(ROOT / "runs" / "attacks"))
+    add_run_args(p, "attacks", seed=False)  # the attack seeds are --seeds; deltas use seed 0
     p.add_argument("--name", default="attacks", help="result file stem")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from semu_diffusion import atomic  # noqa: E402
 from semu_diffusion.toy import world  # noqa: E402
 
-from _common import cached_images, evaluate, image_grid, open_results, stacked_delta  # noqa: E402
+from _common import add_run_args, cached_images, evaluate, image_grid, open_results, stacked_delta  # noqa: E402
 
 # numpy.random.default_rng(0).permutation of the 29 classes other than circle and square (the default anchors)
 ORDER = ["mushroom", "hexagon", "trapezoid", "bell", "semicircle", "cross", "leaf", "frame", "ring", "flag", "sun",
@@ -53,10 +53,7 @@ def main(argv=None):
     p.add_argument("--stacked-sizes", default="1,5", help="sizes at which the stacked variants run (one erase per class)")
     p.add_argument("--rival-steps", type=int, default=100, help="ESD-x training steps (SEMU keeps the CLI default)")
     p.add_argument("--per-prompt", type=int, default=4, help="images per class prompt")
-    p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
-    p.add_argument("--work-dir", default=str(ROOT / "runs" / "mass"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
+    add_run_args(p, "mass")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from semu_diffusion import erase, erase_concepts

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from semu_diffusion import atomic  # noqa: E402
 
-from _common import cached_images, image_grid, open_results  # noqa: E402
+from _common import add_run_args, cached_images, image_grid, open_results  # noqa: E402
 
 METHODS = {  # row -> erase options
     "semu": {},
@@ -46,10 +46,7 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--per-prompt-i2p", type=int, default=10, help="images per toy_i2p prompt")
     p.add_argument("--per-prompt-kept", type=int, default=3, help="images per people/object prompt")
-    p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
-    p.add_argument("--work-dir", default=str(ROOT / "runs" / "nudity"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
+    add_run_args(p, "nudity")
     p.add_argument("--force", action="store_true", help="erase again even where an earlier run left the delta")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from semu_diffusion import atomic  # noqa: E402
 from semu_diffusion.toy import world  # noqa: E402
 
-from _common import cached_images, evaluate, image_grid, load_images, open_results  # noqa: E402
+from _common import add_run_args, cached_images, evaluate, image_grid, load_images, open_results  # noqa: E402
 
 METHODS = {"semu": {}, "esd-x": {"method": "esd-x"}, "salun": {"method": "salun"}}  # row -> erase options
 RIVALS = ("esd-x", "salun")
@@ -56,10 +56,7 @@ def main(argv=None):
                         "four; all 8 x 2 rivals do not fit the default run's 35-minute CPU budget)")
     p.add_argument("--rival-steps", type=int, default=100,
                    help="training steps of ESD-x and SalUn (SEMU keeps the CLI default; CPU budget)")
-    p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
-    p.add_argument("--work-dir", default=str(ROOT / "runs" / "styles"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run (smoke tests)")
+    add_run_args(p, "styles")
     p.add_argument("--force", action="store_true", help="erase and evaluate again even where an earlier run finished")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

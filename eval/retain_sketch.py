@@ -33,24 +33,24 @@ def toy_weights_id() -> dict:
     return out
 
 
-def energy_comparison(run, sketch: int, energy: float) -> dict:
-    """One retain pass feeding both estimators; per layer the true captured energy (against the exact moment) of
-    the exact and the sketched top-k directions, k = min(exact k, sketch size)."""
+def energy_comparison(run, sketch: int, energy: float, passes: int = 2) -> dict:
+    """The exact moments and the sketch (in ``passes`` passes) over the same retain inputs; per layer the true
+    captured energy (against the exact moment) of the exact and the sketched top-k directions,
+    k = min(exact k, sketch size)."""
     import torch
 
+    from types import SimpleNamespace
+
     from semu_diffusion.svd import InputMoment, nystrom_eig
-    from semu_diffusion.trainer import retain_input_pass
+    from semu_diffusion.trainer import retain_input_pass, sketch_passes
 
-    class Both:
-        def __init__(self, d):
-            self.e, self.s = InputMoment(d, "exact"), InputMoment(d, "sketch", sketch, seed=run.tcfg.seed)
-
-        def update(self, x):
-            self.e.update(x)
-            self.s.update(x)
-
-    acc = retain_input_pass(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"], run.names,
-                            run.tcfg, run.device, run.accelerator.autocast, lambda n, d: Both(d), progress=False)
+    args = (run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"])
+    kw = dict(cfg=run.tcfg, device=run.device, autocast=run.accelerator.autocast, progress=False)
+    exact = retain_input_pass(*args, run.names, make_acc=lambda n, d: InputMoment(d, "exact"), **kw)
+    sk = retain_input_pass(*args, run.names, make_acc=lambda n, d: InputMoment(d, "sketch", sketch, seed=run.tcfg.seed),
+                           **kw)
+    sk = sketch_passes(sk, passes, *args, **kw)
+    acc = {n: SimpleNamespace(e=exact[n], s=sk[n]) for n in run.names}
     layers = {}
     for n, a in acc.items():
         K, tot = a.e.K.double(), float(a.e.total)
@@ -69,7 +69,7 @@ def energy_comparison(run, sketch: int, energy: float) -> dict:
                      "sketched_below_d": a.s.l < a.e.d}
     r = [v["ratio_at_k"] for v in layers.values()]
     below = [v["ratio_at_k"] for v in layers.values() if v["sketched_below_d"]]
-    return {"sketch": sketch, "energy_target": energy, "layers": layers, "ratio_min": min(r),
+    return {"sketch": sketch, "passes": passes, "energy_target": energy, "layers": layers, "ratio_min": min(r),
             "ratio_mean": sum(r) / len(r), "ratio_min_where_sketch_smaller_than_d": min(below) if below else None,
             "lower_bound_holds": all(v["sketch_reported"] <= v["sketch_true"] + 1e-6 for v in layers.values()),
             "layers_k_exact_above_sketch": sum(v["k_exact"] > sketch for v in layers.values())}
@@ -80,6 +80,7 @@ def main(argv=None):
     p.add_argument("--classes", default="triangle,star,heart", help="comma-separated toy classes")
     p.add_argument("--per-prompt", type=int, default=10)
     p.add_argument("--sketch", type=int, default=512, help="sketch size l (--retain-sketch)")
+    p.add_argument("--passes", type=int, default=2, choices=[1, 2], help="sketch passes (--retain-sketch-passes)")
     p.add_argument("--energy-only", action="store_true")
     p.add_argument("--out-dir", default=str(ROOT / "eval" / "results"))
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "retain-sketch"))
@@ -99,11 +100,11 @@ def main(argv=None):
     pipe = load_pipeline("toy")
     classes = [c for c in a.classes.split(",") if c]
     res = {"toy_weights_sha256_16": toy_weights_id(), "machine": platform.platform(), "per_prompt": a.per_prompt,
-           "sketch": a.sketch, "classes": classes}
+           "sketch": a.sketch, "passes": a.passes, "classes": classes}
     t0 = time.time()
     run = api.prepare(config_from_kwargs(concept=classes[0], seed=a.seed), pipe=pipe, progress=False, log=lambda *x: None)
     api.make_forget_set(run)
-    res["energy"] = energy_comparison(run, a.sketch, run.cfg.retain_energy)
+    res["energy"] = energy_comparison(run, a.sketch, run.cfg.retain_energy, a.passes)
     res["energy"]["seconds"] = time.time() - t0
     del run
     res["runs"] = {}
@@ -114,7 +115,7 @@ def main(argv=None):
                 delta = work / "deltas" / f"{c}-{est}.safetensors"
                 t1 = time.time()
                 r = erase(c, pipe=pipe, out=str(delta), seed=a.seed, progress=False, log=lambda *x: None,
-                          retain_estimator=est, retain_sketch=a.sketch)
+                          retain_estimator=est, retain_sketch=a.sketch, retain_sketch_passes=a.passes)
                 es = time.time() - t1
                 rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_classes"],
                                           per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c,
@@ -137,7 +138,8 @@ def main(argv=None):
 
 def table(res: dict) -> str:
     e = res["energy"]
-    lines = [f"# Sketched vs exact retain subspace (toy world, sketch l = {res['sketch']})", "",
+    lines = [f"# Sketched vs exact retain subspace (toy world, sketch l = {res['sketch']}, "
+             f"{e.get('passes', 1)} pass(es))", "",
              f"Toy UNet files (sha256, 16 hex): {json.dumps(res['toy_weights_sha256_16'])}", "",
              f"Retain input energy captured by the sketch's top-k directions / the exact top-k's, k = min(exact k at "
              f"{e['energy_target']}, l), over {len(e['layers'])} target layers: min **{e['ratio_min']:.5f}**, mean "

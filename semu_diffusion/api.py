@@ -352,7 +352,7 @@ def compute_retain_gradient(run: EraseRun, targets: list[str]) -> None:
         run.retain_grads = retain_input_bases(run.unet, run.retain_latents, run.acp, run.retain_cond,
                                               run.cond["uncond"], targets, run.tcfg, run.device,
                                               run.accelerator.autocast, c.retain_energy, c.retain_estimator,
-                                              c.retain_sketch, progress=run.progress)
+                                              c.retain_sketch, progress=run.progress, passes=c.retain_sketch_passes)
         run.retain_seconds["retain_subspace"] = time.time() - t0
         return
     run.retain_grads = forget_gradient(run.unet, run.retain_latents, run.acp, run.retain_cond, run.cond["uncond"],
@@ -498,7 +498,7 @@ def method_choices(run: EraseRun) -> dict:
                    if run.method.options.get("train_bias") else "not trained"),
         "retain_subspace": (("the retain set's leading input activation directions (conditional and unconditional "
                              f"passes) holding {c.retain_energy * 100:g}% of their energy (estimator "
-                             f"{c.retain_estimator}, sketch {c.retain_sketch}; per layer the energy reached in "
+                             f"{c.retain_estimator}, sketch {c.retain_sketch} in {c.retain_sketch_passes} pass(es); per layer the energy reached in "
                              "method_info.retain_subspace.layers)"
                              if c.retain_source == "activation" else
                              f"the retain gradient's leading {c.retain_side}put directions holding "

@@ -101,6 +101,10 @@ class EraseConfig:
     retain_sketch: int | None = opt(None, "sketch size l of --retain-estimator sketch/auto: at most l directions per "
                                     "sketched layer, 2 x d x l floats each", recipe="semu.retain_sketch", final=512,
                                     lo=8, hi=65536)
+    retain_sketch_passes: int | None = opt(None, "passes over the retain inputs for the sketched layers: 2 adds one "
+                                           "power iteration, so the leading directions are accurate up to the sketch "
+                                           "size (1: one pass, as before; half the retain stage)",
+                                           recipe="semu.retain_sketch_passes", final=2, lo=1, hi=2)
     save_dtype: str | None = opt(None, "dtype the delta's factors are stored in (fp16 halves the file; the "
                                  "provenance records it)", recipe="train.save_dtype", final="fp32",
                                  choices=["fp32", "fp16", "bf16"])

@@ -263,13 +263,15 @@ def retain_input_pass(unet, latents, acp, cond, uncond, targets: list[str], cfg:
 
 def retain_input_bases(unet, latents, acp, cond, uncond, targets: list[str], cfg: TrainConfig, device,
                        autocast: Callable, energy: float, estimator: str = "auto", sketch: int = 512,
-                       progress=True) -> dict:
+                       progress=True, passes: int = 2) -> dict:
     """Per target layer, the input directions holding ``energy`` of what it sees on the retain set
     (:class:`~semu_diffusion.svd.RetainBasis`, with the energy actually captured).
 
     ``estimator``: "exact" (d x d moment), "sketch" (one-pass Nystrom sketch of ``sketch`` columns, 2 d l floats)
     or "auto" (exact where the moment is no larger than the sketch, d <= 2 l). Every layer's estimate is built in
-    the same pass; the bases are then extracted one layer at a time, each estimate freed once it is used."""
+    the same pass; with ``passes`` 2 the sketched layers see a second pass (one power iteration, see
+    :meth:`~semu_diffusion.svd.InputMoment.power_pass`). The bases are then extracted one layer at a time, each
+    estimate freed once it is used."""
     from .svd import InputMoment, sketch_matrix
 
     if estimator not in ("exact", "sketch", "auto"):
@@ -282,11 +284,29 @@ def retain_input_bases(unet, latents, acp, cond, uncond, targets: list[str], cfg
             omegas[d][min(sketch, d)] = sketch_matrix(d, min(sketch, d), cfg.seed, device)
         return InputMoment(d, mode, sketch, device=device, omega=omegas[d][min(sketch, d)] if mode == "sketch" else None)
 
-    acc = retain_input_pass(unet, latents, acp, cond, uncond, targets, cfg, device, autocast, make, progress)
+    acc = sketch_passes(retain_input_pass(unet, latents, acp, cond, uncond, targets, cfg, device, autocast, make,
+                                          progress), passes, unet, latents, acp, cond, uncond, cfg, device, autocast,
+                        progress)
     out = {}
     for name in targets:
         out[name] = acc.pop(name).basis(energy)
     return out
+
+
+def sketch_passes(acc: dict, passes: int, unet, latents, acp, cond, uncond, cfg: TrainConfig, device,
+                  autocast: Callable, progress=True) -> dict:
+    """Run the further passes (``passes`` - 1 power iterations) that the sketched accumulators of a finished
+    :func:`retain_input_pass` take, over the same seeded inputs; exact moments are not fed again."""
+    if passes not in (1, 2):
+        raise ValueError("passes must be 1 or 2")
+    sk = [n for n, a in acc.items() if getattr(a, "estimator", None) == "sketch"]
+    for _ in range(passes - 1):
+        if not sk:
+            break
+        for n in sk:
+            acc[n].power_pass()
+        retain_input_pass(unet, latents, acp, cond, uncond, sk, cfg, device, autocast, lambda n, d: acc[n], progress)
+    return acc
 
 
 def input_second_moments(unet, latents, acp, cond, uncond, targets: list[str], cfg: TrainConfig, device,

@@ -1,5 +1,6 @@
 """The sketched retain input subspace (--retain-estimator sketch) against the exact moment (issue 24)."""
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -38,10 +39,11 @@ def test_sketch_reported_energy_is_a_lower_bound_and_exact_is_exact():
 def test_sketch_on_every_toy_layer_captures_the_exact_energy_at_the_same_k(toy_available):
     """The shipped toy UNet, its recipe's target layers, retain inputs from 3 noised latents under toy prompts:
     the sketch's top-k directions hold >= 0.995 of the exact top-k's retain energy on every layer, where k is the
-    exact count at the toy's 0.999 (capped at the sketch size), with the sketch forced on every layer."""
+    exact count at the toy's 0.999 (capped at the sketch size: no oversampling), with the sketch forced on every layer
+    in its default two passes (one power iteration)."""
     from semu_diffusion.loading import load_pipeline
     from semu_diffusion.recipes import recipe_for, select_targets
-    from semu_diffusion.trainer import Conditioner, TrainConfig, retain_input_pass
+    from semu_diffusion.trainer import Conditioner, TrainConfig, retain_input_pass, sketch_passes
 
     pipe = load_pipeline("toy")
     unet = pipe.unet
@@ -51,17 +53,13 @@ def test_sketch_on_every_toy_layer_captures_the_exact_energy_at_the_same_k(toy_a
     lat = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     L = 256
 
-    class Both:
-        def __init__(self, d):
-            self.e, self.s = InputMoment(d, "exact"), InputMoment(d, "sketch", L)
-
-        def update(self, x):
-            self.e.update(x)
-            self.s.update(x)
-
-    acc = retain_input_pass(unet, lat, pipe.scheduler.alphas_cumprod,
-                            c.embed(["a photo of a red circle", "a blue star", "a green heart"]), c.embed([""]), names,
-                            TrainConfig(batch_size=3), "cpu", contextlib.nullcontext, lambda n, d: Both(d), progress=False)
+    args = (unet, lat, pipe.scheduler.alphas_cumprod,
+            c.embed(["a photo of a red circle", "a blue star", "a green heart"]), c.embed([""]))
+    kw = dict(cfg=TrainConfig(batch_size=3), device="cpu", autocast=contextlib.nullcontext, progress=False)
+    exact = retain_input_pass(*args, names, make_acc=lambda n, d: InputMoment(d, "exact"), **kw)
+    sketch = sketch_passes(retain_input_pass(*args, names, make_acc=lambda n, d: InputMoment(d, "sketch", L), **kw),
+                           2, *args, **kw)
+    acc = {n: SimpleNamespace(e=exact[n], s=sketch[n]) for n in names}
     ratios, sketched = [], 0
     for n, a in acc.items():
         K, tot = a.e.K.double(), float(a.e.total)
@@ -71,5 +69,6 @@ def test_sketch_on_every_toy_layer_captures_the_exact_energy_at_the_same_k(toy_a
         ratios.append(_true_energy(K, U[:, :k], tot) / _true_energy(K, be.V[:, :k], tot))
         assert bs.energy <= _true_energy(K, bs.V, tot) + 1e-6, n
         sketched += a.s.l < a.e.d
+        assert a.s.passes == 2 and bs.record()["passes"] == 2
     assert sketched >= 10  # the comparison covers layers where the sketch is smaller than the input width
     assert min(ratios) >= 0.995, min(ratios)

@@ -139,6 +139,7 @@ def erase_memory(a, methods: list[str]) -> dict:
 
 
 RETAIN_MODES = {"off": {"retain_weight": 0.0, "retain_energy": 0.0}, "auto": {"retain_estimator": "auto"},
+                "auto-1pass": {"retain_estimator": "auto", "retain_sketch_passes": 1},
                 "exact": {"retain_estimator": "exact"}, "sketch": {"retain_estimator": "sketch"}}
 
 
@@ -652,7 +653,7 @@ def main(argv=None):
                         "each of MODES (comma-separated: off, auto, exact, sketch), each in a fresh process: stage and "
                         "retain seconds, peak RSS (CPU) or peak GPU memory, delta MB -> <name>.{json,md}, default name "
                         "cost-<arch>-retain")
-    p.add_argument("--retain-run", default=None, metavar="MODE", choices=["off", "auto", "exact", "sketch"],
+    p.add_argument("--retain-run", default=None, metavar="MODE", choices=list(RETAIN_MODES),
                    help="one whole erasure with retain protection MODE: seconds per stage, retain seconds, peak RSS and "
                         "peak GPU memory (torch.cuda.max_memory_allocated), delta MB; JSON to --out")
     p.add_argument("--retain-n", type=int, default=None, help="retain latents (default: the recipe's)")

@@ -1,6 +1,6 @@
 """The delta validator: one function that every reader of a delta file calls before it touches a model.
 
-:func:`validate_delta` checks, in this order, and raises :class:`~semu_diffusion.delta.DeltaError` (a ValueError)
+:func:`validate_delta` checks, in this order, and raises :class:`~semu_diffusion.delta_format.DeltaError` (a ValueError)
 with a one-line message naming the problem and the fix at the first failure:
 
 1. the file: exists, is a file, is safetensors (pickle checkpoints are refused: they can run code), header size
@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .delta import (FORMAT_VERSION, LORA_METADATA_KEY, MAX_ABS_VALUE, PREFIX, PROVENANCE_KEY, SIGNATURE_VERSION,
-                    DeltaError, base_bias, base_weight, check_base, check_values)
+from .delta_format import (FORMAT_VERSION, LORA_METADATA_KEY, PREFIX, PROVENANCE_KEY, SAVE_DTYPES, DeltaError,
+                           check_values)
 from .methods.base import Delta
+from .signature import SIGNATURE_VERSION, base_bias, base_weight, check_base
 
 MAX_HEADER_BYTES = 16 * 2**20  # our headers are a few kB (+ ~45 kB of base signature)
 MAX_TENSORS = 20_000
@@ -56,7 +57,6 @@ PROVENANCE_SCHEMA: dict[str, tuple] = {
     "anchor_prompts": ("list[str]", None), "curriculum": (bool, None), "method_info": (dict, None),
     "method_options": (dict, None), "kohya_rank": (_INT, None), "save_dtype": (str, None),
 }
-SAVE_DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REQUIRED_FIELDS = ("format_version", "delta_format")
 DELTA_FORMATS = ("lora", "dense", "mixed")
 
@@ -278,7 +278,7 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
             raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype}; delta tensors must be floating point")
         check_values({k: v}, p)
         sd = prov.get("save_dtype")
-        if sd is not None and SAVE_DTYPE_NAMES.get(sd) != v.dtype:
+        if sd is not None and SAVE_DTYPES.get(sd) != v.dtype:
             raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype} but the provenance says save_dtype {_q(sd)}: the file "
                              "was altered, re-create it")
         if suffix == ".delta_bias":

@@ -166,11 +166,9 @@ def _read_header(p: Path, size: int) -> tuple[dict, dict]:
 
 # --------------------------------------------------------------------------------------------------- header level
 def _check_provenance(meta: dict, p: Path) -> dict:
-    if PROVENANCE_KEY not in meta:
-        hint = (" (this looks like a kohya/A1111 LoRA: load it with pipe.load_lora_weights)"
-                if meta.get("ss_network_module") else "")
+    if PROVENANCE_KEY not in meta:  # (kohya/A1111 copies were refused with their own message by _read_header)
         raise DeltaError(f"{p} has no {PROVENANCE_KEY} header: it was not written by semu-erase (load plain LoRAs with "
-                         f"pipe.load_lora_weights){hint}")
+                         "pipe.load_lora_weights)")
     prov = _json(meta[PROVENANCE_KEY], PROVENANCE_KEY, p)
     if not isinstance(prov, dict):
         raise DeltaError(f"{p}: the {PROVENANCE_KEY} header is a JSON {type(prov).__name__}, not an object: the file "
@@ -259,23 +257,16 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
     d = Delta(format=prov["delta_format"])
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for k in sorted(tensors):
-        v = tensors[k]
-        if not k.startswith(PREFIX):
-            hint = " (a kohya/A1111 copy: load the main delta file instead)" if k.startswith("lora_unet_") else ""
-            raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold "
-                             f"unet.<module>.lora_A/lora_B/delta_weight/delta_bias{hint}")
+        v = tensors[k]  # floating point: _read_header refused every other dtype (and kohya/A1111 lora_unet_ keys)
         body = k[len(PREFIX):]
-        for suffix in (".lora_A.weight", ".lora_B.weight", ".delta_weight", ".delta_bias"):
-            if body.endswith(suffix):
-                name = body[: -len(suffix)]
-                break
-        else:
+        suffix = next((s for s in (".lora_A.weight", ".lora_B.weight", ".delta_weight", ".delta_bias")
+                       if body.endswith(s)), None) if k.startswith(PREFIX) else None
+        if suffix is None:
             raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold "
                              "unet.<module>.lora_A/lora_B/delta_weight/delta_bias")
+        name = body[: -len(suffix)]
         if not _MODULE_RE.match(name):
             raise DeltaError(f"{p}: key {_q(k)} does not name a module: the file is damaged, re-create it")
-        if not v.is_floating_point():
-            raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype}; delta tensors must be floating point")
         check_values({k: v}, p)
         sd = prov.get("save_dtype")
         if sd is not None and SAVE_DTYPES.get(sd) != v.dtype:
@@ -375,7 +366,7 @@ def _check_bias(unet: nn.Module, n: str, db: torch.Tensor, wmax: float, path, ma
     if b is None:
         raise DeltaError(f"{path}: {key} updates a bias, but module {n} has none in this model: remove that key or "
                          f"use the model the delta was made for ({made_for})")
-    if db.dim() != 1 or tuple(db.shape) != tuple(b.shape):
+    if tuple(db.shape) != tuple(b.shape):  # (db is 1-D: _load_tensors refused any other .delta_bias)
         raise DeltaError(f"{path}: {key} has shape {tuple(db.shape)}, but the bias of {n} has {tuple(b.shape)} here: "
                          f"use the model the delta was made for ({made_for}) or re-create the delta")
     bmax = float(b.detach().abs().max()) if b.numel() else 0.0

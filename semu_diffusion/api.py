@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .concepts import norm_name, plan_concept, warn_unseen_concept
+from .concepts import given_retain_prompts, next_class, norm_name, plan_concept, read_prompt_lines, warn_unseen_concept
 from .config import ConfigError, EraseConfig, PAPER_PRESETS, config_from_kwargs, image_files, resolve, warn_large_work
 from .delta import fingerprint, save_delta
 from .distributed import gather_list, is_main, launched, several, share, sync_from_main
@@ -105,14 +105,8 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     avoids): a file or list, else the recipe's retain_concepts other than the erased one(s) in the recipe's
     retain_templates, else the anchor prompts. ``plan``: one ConceptPlan or a list (joint erasure)."""
     plans = list(plan) if isinstance(plan, (list, tuple)) else [plan]
-    if isinstance(retain_prompts, (list, tuple)):
-        out = [p for p in retain_prompts if p.strip()]
-    elif retain_prompts:
-        p = Path(retain_prompts)
-        if not p.is_file():
-            raise FileNotFoundError(f"retain prompt file {p} not found")
-        out = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")]
-    else:
+    out = given_retain_prompts(retain_prompts)
+    if out is None:
         from .concepts import OBJECT_TEMPLATES, _fix_article
 
         erased = {norm_name(p.concept) for p in plans}
@@ -159,7 +153,7 @@ def recipe_retain_prompts(recipe, plans) -> list[str]:
         f = (root / name) if root is not None else Path(name)
         if not f.is_file():
             raise FileNotFoundError(f"recipe {recipe.family}: retain prompt file {f} not found")
-        lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        lines = read_prompt_lines(f, encoding="utf-8")
         random.Random(0).shuffle(lines)
         lists.append(lines)
     erased = [norm_name(p.concept) for p in plans]
@@ -167,17 +161,6 @@ def recipe_retain_prompts(recipe, plans) -> list[str]:
     out = [x for row in zip(*[lst + [None] * (max(map(len, lists)) - len(lst)) for lst in lists]) for x in row
            if x is not None and not any(e and e in norm_name(x) for e in erased)]
     return list(dict.fromkeys(out))
-
-
-def next_class(concept: str, classes: list[str], skip=()) -> str | None:
-    """The class after ``concept`` in ``classes`` (cyclic), passing over the normalised names in ``skip``: the
-    official SEMU remap target c'. None when ``concept`` is not a class or every other class is skipped."""
-    low = [norm_name(c) for c in classes]
-    if norm_name(concept) not in low:
-        return None
-    i = low.index(norm_name(concept))
-    return next((classes[(i + j) % len(classes)] for j in range(1, len(classes))
-                 if low[(i + j) % len(classes)] not in skip), None)
 
 
 # ---- stage 0: model, recipe, options, plan ----------------------------------------------------------------------

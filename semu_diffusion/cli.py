@@ -50,7 +50,7 @@ class _Interrupted(KeyboardInterrupt):
 def _known_errors() -> tuple[type[BaseException], ...]:
     """Conditions the user can fix: one line, exit 2 (every ConfigError, DeltaError, ModelLoadError, EvalOptionError,
     PromptSetError and AttackOptionError is a ValueError; a missing judge weight or optional dependency too)."""
-    from .evaluation.judges.base import JudgeUnavailable
+    from .evaluation.errors import JudgeUnavailable
     from .trainer import TrainingDiverged
 
     return (ValueError, OSError, TrainingDiverged, JudgeUnavailable, ImportError)

@@ -35,6 +35,39 @@ def norm_name(s: str) -> str:
     return " ".join(str(s).split()).lower()
 
 
+def next_class(concept: str, classes: list[str], skip=()) -> str | None:
+    """The class after ``concept`` in ``classes`` (cyclic), passing over the normalised names in ``skip``: the
+    official SEMU remap target c'. None when ``concept`` is not a class or every other class is skipped."""
+    low = [norm_name(c) for c in classes]
+    if norm_name(concept) not in low:
+        return None
+    i = low.index(norm_name(concept))
+    return next((classes[(i + j) % len(classes)] for j in range(1, len(classes))
+                 if low[(i + j) % len(classes)] not in skip), None)
+
+
+def read_prompt_lines(path: str | Path, encoding: str | None = "utf-8-sig") -> list[str]:
+    """The prompts of a text file, one per line: blank lines and lines starting with # left out."""
+    return [ln.strip() for ln in Path(path).read_text(encoding=encoding).splitlines()
+            if ln.strip() and not ln.startswith("#")]
+
+
+def given_retain_prompts(retain_prompts, missing_ok: bool = False) -> list[str] | None:
+    """The retain prompts given as an option: a list (blank entries left out) or a file of one prompt per line;
+    None when none were given. A missing file raises FileNotFoundError, or gives [] with ``missing_ok`` (for checks
+    that run before the option check, which names the missing file)."""
+    if isinstance(retain_prompts, (list, tuple)):
+        return [p for p in retain_prompts if isinstance(p, str) and p.strip()]
+    if not retain_prompts:
+        return None
+    p = Path(retain_prompts)
+    if not p.is_file():
+        if missing_ok:
+            return []
+        raise FileNotFoundError(f"retain prompt file {p} not found")
+    return read_prompt_lines(p)
+
+
 def concept_kind(concept: str) -> str:
     c = concept.strip().lower()
     if c in NUDITY_WORDS:
@@ -68,7 +101,7 @@ def plan_concept(concept: str, anchor: str | None = None, kind: str | None = Non
         p = Path(prompts_file)
         if not p.exists():
             raise FileNotFoundError(f"forget prompt file {p} not found")
-        forget = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        forget = read_prompt_lines(p, encoding=None)
         if not forget:
             raise ValueError(f"forget prompt file {p} holds no prompts")
     elif kind == "object":

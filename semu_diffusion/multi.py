@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .concepts import norm_name
+from .concepts import given_retain_prompts, next_class, norm_name
 from .config import ConfigError, config_from_kwargs
 from .distributed import gather_shares, is_main, launched, several
 
@@ -126,17 +126,6 @@ def as_specs(concepts) -> list[ConceptSpec]:
     return out
 
 
-def _retain_list(retain_prompts) -> list[str]:
-    if retain_prompts is None:
-        return []
-    if isinstance(retain_prompts, (list, tuple)):
-        return [p for p in retain_prompts if isinstance(p, str) and p.strip()]
-    p = Path(retain_prompts)
-    if not p.is_file():
-        return []  # EraseConfig names the missing file
-    return [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip() and not ln.startswith("#")]
-
-
 def check_concepts(specs: list[ConceptSpec], anchor: str | None = None, retain_prompts=None) -> list[ConceptSpec]:
     """Every problem of a concept list, before any work: empty or duplicate concepts, unknown kinds, a concept
     that is its own (or another erased concept's) anchor, a retain prompt that names an erased concept."""
@@ -174,7 +163,7 @@ def check_concepts(specs: list[ConceptSpec], anchor: str | None = None, retain_p
         if a is not None and norm_name(a) in seen:
             raise ConfigError(f"anchor {a!r} of concept {s.concept!r}{at} is itself erased: pick a kept concept as "
                               "its anchor")
-    for prompt in _retain_list(retain_prompts):
+    for prompt in given_retain_prompts(retain_prompts, missing_ok=True) or []:  # EraseConfig names a missing file
         low = norm_name(prompt)
         for k, s in seen.items():
             if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", low):
@@ -241,7 +230,6 @@ def joint_rank_cap(r_max: int | None, n: int, growth: float = 0.5) -> int | None
 
 
 def _joint_semu_class():
-    from . import layers as L
     from .methods.semu import SEMU
 
     class JointSEMU(SEMU):
@@ -271,17 +259,7 @@ def _joint_semu_class():
                     gs = self.retain_clean(n, gs, w, retain_grads)
                     w = None  # projected already
                 subs[n] = joint_subspace(gs, self.combine, c.tau, c.r_min, self.rank_cap, c.r_max, w)
-            frozen = [n for n in targets if subs[n].rank == 0]
-            self.layers = L.inject(unet, {n: subs[n] for n in targets if n not in frozen})
-            if not self.layers:
-                raise ValueError("every target layer got rank 0: raise --tau or --r-min")
-            params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
-            self.info = {"frozen_layers": frozen, "combine": self.combine, "rank_cap": self.rank_cap,
-                         "ranks": {n: int(layer.rank) for n, layer in self.layers.items()},
-                         "energy": {n: float(subs[n].energy) for n in self.layers},
-                         "trainable_params": int(sum(p.numel() for p in params))}
-            self.add_retain_info()
-            return params
+            return self.inject_subspaces(unet, targets, subs, combine=self.combine, rank_cap=self.rank_cap)
 
     return JointSEMU
 
@@ -298,8 +276,6 @@ def _default_anchor(spec: ConceptSpec, kind: str, cfg, recipe, erased: set[str],
     classes = list(recipe.train.get("retain_concepts", []))
     kept = [c for c in classes if norm_name(c) not in erased]
     if cfg.preset == "semu-paper":
-        from .api import next_class
-
         c = next_class(spec.concept, classes, skip=erased)
         if c is not None:
             return c

@@ -1,6 +1,6 @@
 """The delta validator: one function that every reader of a delta file calls before it touches a model.
 
-:func:`validate_delta` checks, in this order, and raises :class:`~semu_diffusion.delta.DeltaError` (a ValueError)
+:func:`validate_delta` checks, in this order, and raises :class:`~semu_diffusion.delta_format.DeltaError` (a ValueError)
 with a one-line message naming the problem and the fix at the first failure:
 
 1. the file: exists, is a file, is safetensors (pickle checkpoints are refused: they can run code), header size
@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .delta import (FORMAT_VERSION, LORA_METADATA_KEY, MAX_ABS_VALUE, PREFIX, PROVENANCE_KEY, SIGNATURE_VERSION,
-                    DeltaError, base_bias, base_weight, check_base, check_values)
+from .delta_format import (FORMAT_VERSION, LORA_METADATA_KEY, PREFIX, PROVENANCE_KEY, SAVE_DTYPES, DeltaError,
+                           check_values)
 from .methods.base import Delta
+from .signature import SIGNATURE_VERSION, base_bias, base_weight, check_base
 
 MAX_HEADER_BYTES = 16 * 2**20  # our headers are a few kB (+ ~45 kB of base signature)
 MAX_TENSORS = 20_000
@@ -56,7 +57,6 @@ PROVENANCE_SCHEMA: dict[str, tuple] = {
     "anchor_prompts": ("list[str]", None), "curriculum": (bool, None), "method_info": (dict, None),
     "method_options": (dict, None), "kohya_rank": (_INT, None), "save_dtype": (str, None),
 }
-SAVE_DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 REQUIRED_FIELDS = ("format_version", "delta_format")
 DELTA_FORMATS = ("lora", "dense", "mixed")
 
@@ -166,11 +166,9 @@ def _read_header(p: Path, size: int) -> tuple[dict, dict]:
 
 # --------------------------------------------------------------------------------------------------- header level
 def _check_provenance(meta: dict, p: Path) -> dict:
-    if PROVENANCE_KEY not in meta:
-        hint = (" (this looks like a kohya/A1111 LoRA: load it with pipe.load_lora_weights)"
-                if meta.get("ss_network_module") else "")
+    if PROVENANCE_KEY not in meta:  # (kohya/A1111 copies were refused with their own message by _read_header)
         raise DeltaError(f"{p} has no {PROVENANCE_KEY} header: it was not written by semu-erase (load plain LoRAs with "
-                         f"pipe.load_lora_weights){hint}")
+                         "pipe.load_lora_weights)")
     prov = _json(meta[PROVENANCE_KEY], PROVENANCE_KEY, p)
     if not isinstance(prov, dict):
         raise DeltaError(f"{p}: the {PROVENANCE_KEY} header is a JSON {type(prov).__name__}, not an object: the file "
@@ -259,26 +257,19 @@ def _load_tensors(p: Path, header: dict, prov: dict) -> Delta:
     d = Delta(format=prov["delta_format"])
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for k in sorted(tensors):
-        v = tensors[k]
-        if not k.startswith(PREFIX):
-            hint = " (a kohya/A1111 copy: load the main delta file instead)" if k.startswith("lora_unet_") else ""
-            raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold "
-                             f"unet.<module>.lora_A/lora_B/delta_weight/delta_bias{hint}")
+        v = tensors[k]  # floating point: _read_header refused every other dtype (and kohya/A1111 lora_unet_ keys)
         body = k[len(PREFIX):]
-        for suffix in (".lora_A.weight", ".lora_B.weight", ".delta_weight", ".delta_bias"):
-            if body.endswith(suffix):
-                name = body[: -len(suffix)]
-                break
-        else:
+        suffix = next((s for s in (".lora_A.weight", ".lora_B.weight", ".delta_weight", ".delta_bias")
+                       if body.endswith(s)), None) if k.startswith(PREFIX) else None
+        if suffix is None:
             raise DeltaError(f"{p}: unexpected key {_q(k)}; semu deltas hold "
                              "unet.<module>.lora_A/lora_B/delta_weight/delta_bias")
+        name = body[: -len(suffix)]
         if not _MODULE_RE.match(name):
             raise DeltaError(f"{p}: key {_q(k)} does not name a module: the file is damaged, re-create it")
-        if not v.is_floating_point():
-            raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype}; delta tensors must be floating point")
         check_values({k: v}, p)
         sd = prov.get("save_dtype")
-        if sd is not None and SAVE_DTYPE_NAMES.get(sd) != v.dtype:
+        if sd is not None and SAVE_DTYPES.get(sd) != v.dtype:
             raise DeltaError(f"{p}: tensor {_q(k)} is {v.dtype} but the provenance says save_dtype {_q(sd)}: the file "
                              "was altered, re-create it")
         if suffix == ".delta_bias":
@@ -375,7 +366,7 @@ def _check_bias(unet: nn.Module, n: str, db: torch.Tensor, wmax: float, path, ma
     if b is None:
         raise DeltaError(f"{path}: {key} updates a bias, but module {n} has none in this model: remove that key or "
                          f"use the model the delta was made for ({made_for})")
-    if db.dim() != 1 or tuple(db.shape) != tuple(b.shape):
+    if tuple(db.shape) != tuple(b.shape):  # (db is 1-D: _load_tensors refused any other .delta_bias)
         raise DeltaError(f"{path}: {key} has shape {tuple(db.shape)}, but the bias of {n} has {tuple(b.shape)} here: "
                          f"use the model the delta was made for ({made_for}) or re-create the delta")
     bmax = float(b.detach().abs().max()) if b.numel() else 0.0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .judges.base import JudgeUnavailable
+from .errors import JudgeUnavailable
 
 
 def default_pretrained(model: str) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .judges.base import JudgeUnavailable
+from .errors import JudgeUnavailable
 from .judges.classifiers import to01
 from .. import atomic
 

@@ -7,15 +7,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import EvalOptionError  # noqa: F401  (importable from here as before)
+from .judges import parse_judge_spec
+
 MAX_STEPS = 1000
 MAX_PER_PROMPT = 10_000
 MAX_BATCH = 4096
 MAX_RESOLUTION = 4096
 MAX_IMAGES = 2_000_000  # per run, all variants and sets together
-
-
-class EvalOptionError(ValueError):
-    """A bad semu-eval option (exit code 2)."""
 
 
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None, hint: str = "") -> int:
@@ -173,8 +172,6 @@ class EvalConfig:
             raise EvalOptionError("--forget-label is empty: name the erased class or leave it out")
         if self.clip_model != "toy" and not str(self.clip_model).strip():
             raise EvalOptionError("--clip-model is empty: use 'toy' or an open_clip model name")
-        from .judges import parse_judge_spec
-
         for j in self.judges or []:
             parse_judge_spec(j)
         self.device = check_device("--device", self.device)

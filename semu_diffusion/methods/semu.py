@@ -50,6 +50,12 @@ class SEMU(Method):
         else:
             rest = {n: take(n) for n in targets}
         subs.update(gradient_subspaces(rest, c.tau, c.r_min, c.r_max, weights=weights, device=dev, consume=consume))
+        return self.inject_subspaces(unet, targets, subs)
+
+    def inject_subspaces(self, unet: nn.Module, targets: list[str], subs: dict, **extra_info) -> list[nn.Parameter]:
+        """Wrap every target layer of nonzero rank in its subspace (``subs``: name -> Subspace, or a list of them per
+        output channel) and record ranks and energies in ``info`` (``extra_info`` after ``frozen_layers``).
+        Returns the trainable parameters."""
         def rank(s) -> int:
             return sum(x.rank for x in s) if isinstance(s, list) else s.rank
 
@@ -60,6 +66,7 @@ class SEMU(Method):
         params = [p for layer in self.layers.values() for p in layer.parameters() if p.requires_grad]
         self.info = {
             "frozen_layers": frozen,
+            **extra_info,
             "ranks": {n: int(layer.rank) for n, layer in self.layers.items()},
             "energy": {n: float(subs[n].energy) for n in self.layers if not isinstance(subs[n], list)},
             "trainable_params": int(sum(p.numel() for p in params)),

@@ -11,11 +11,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import EvalOptionError, JudgeUnavailable  # noqa: F401  (JudgeUnavailable: importable from here)
+
 _REGISTRY: dict[str, tuple[Callable, str]] = {}
-
-
-class JudgeUnavailable(RuntimeError):
-    """A judge whose dependency or weights are missing (one-line message naming what is missing)."""
 
 
 class Judge:
@@ -49,20 +47,12 @@ def register_judge(prefix: str, usage: str):
 
 
 def available_judges() -> dict[str, str]:
-    _ensure_builtin()
     return {k: u for k, (_, u) in _REGISTRY.items()}
-
-
-def _ensure_builtin() -> None:
-    from . import classifiers, nudenet  # noqa: F401  (registers toy, clip, imagenet, nudenet)
 
 
 def parse_judge_spec(spec: str) -> tuple[str, list[str]]:
     """``"clip:ViT-B-32:openai"`` -> ("clip", ["ViT-B-32", "openai"]); ``hf-hub:org/name`` stays one argument.
     Checks the syntax only (no import of the judge's dependencies)."""
-    from ..options import EvalOptionError
-
-    _ensure_builtin()
     s = (spec or "").strip()
     prefix, _, rest = s.partition(":")
     if prefix not in _REGISTRY:

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from ..clipmodels import load_clip
 from .base import Judge, JudgeUnavailable, register_judge
 
 
@@ -135,8 +136,6 @@ class ZeroShotJudge(ClassifierJudge):
 
 @register_judge("toy", "toy")
 def _toy(device="cpu", **_):
-    from ..clipmodels import load_clip
-
     m, tok, pre = load_clip("toy", device=device)
     return ZeroShotJudge(m, tok, pre, device, toy=True)
 
@@ -146,8 +145,6 @@ _toy.n_args = (0, 0)
 
 @register_judge("clip", "clip:<open_clip model>[:<pretrained>]")
 def _clip(model, pretrained=None, device="cpu", random_init=False, **_):
-    from ..clipmodels import load_clip
-
     m, tok, pre = load_clip(model, pretrained, device=device, random_init=random_init)
     return ZeroShotJudge(m, tok, pre, device, toy=False)
 

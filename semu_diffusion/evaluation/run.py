@@ -40,14 +40,6 @@ def variant_names(deltas: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def _toy_real_images(labels: list[str], n_per: int) -> np.ndarray:
-    from ..toy import world
-
-    rng = np.random.default_rng(12345)
-    return np.stack([world.render(world.SHAPE_NAMES.index(lb), int(rng.integers(len(world.COLOR_NAMES))), rng)
-                     for lb in sorted(labels) for _ in range(n_per)])
-
-
 def _toy_reference(labels: list[str], extractor, cache: Path, n_per: int = 200) -> dict:
     """Features of real toy-world images of the given shapes (random colours), cached in the run's cache folder."""
     from .features import stats
@@ -57,7 +49,9 @@ def _toy_reference(labels: list[str], extractor, cache: Path, n_per: int = 200) 
     if f.exists():
         d = np.load(f)
         return {"mu": d["mu"], "sigma": d["sigma"], "feats": d["feats"]}
-    ims = _toy_real_images(labels, n_per)
+    from ..toy.world import real_images
+
+    ims = real_images(labels, n_per)
     if extractor.ref_size != ims.shape[1]:
         from PIL import Image
 

@@ -547,6 +547,14 @@ def make_dataset(n: int, seed: int, size: int = IMAGE_SIZE) -> tuple[np.ndarray,
     return d.images, d.obj, d.color, d.captions
 
 
+def real_images(labels: list[str], n_per: int, seed: int = 12345) -> np.ndarray:
+    """``n_per`` plain world images of each named object class (sorted by name), random colours: the real-image
+    reference of the toy FID."""
+    rng = np.random.default_rng(seed)
+    return np.stack([render(SHAPE_NAMES.index(lb), int(rng.integers(len(COLOR_NAMES))), rng)
+                     for lb in sorted(labels) for _ in range(n_per)])
+
+
 def color_oracle(images: np.ndarray) -> np.ndarray:
     """Pixel-statistics colour judge: mean RGB of the most saturated pixels -> nearest palette colour.
 

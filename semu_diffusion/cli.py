@@ -273,6 +273,9 @@ def toy_main(argv: list[str] | None = None) -> None:
     t.add_argument("--unet-batch", type=int, default=None)
     t.add_argument("--vae-lr", type=float, default=None, help="VAE (and decoder-sharpening) learning rate")
     t.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the UNet weights")
+    t.add_argument("--focus", default=None,
+                   help="comma-separated shape or style names that the UNet stages draw --focus-weight times as often")
+    t.add_argument("--focus-weight", type=float, default=None)
     t.add_argument("--stages", default="clip,nudity,vae,unet,assemble",
                    help="comma-separated: data, clip, nudity, vae, unet, assemble; finetune (continue out/unet, text) "
                         "and decoder (sharpen out/_vae's decoder, encoder frozen) continue a finished run")
@@ -289,7 +292,8 @@ def toy_main(argv: list[str] | None = None) -> None:
                                      nudity_steps=a.nudity_steps, n_images=a.n_images,
                                      unet_budget_s=a.unet_budget_s, unet_lr=a.unet_lr,
                                      unet_batch=a.unet_batch, vae_lr=a.vae_lr,
-                                     ema_decay=a.ema_decay).items() if v is not None}
+                                     ema_decay=a.ema_decay, focus_weight=a.focus_weight,
+                                     focus=tuple(a.focus.split(",")) if a.focus else None).items() if v is not None}
         make = ToyTrainConfig.gpu if a.gpu_schedule else ToyTrainConfig
         facts = train_all(make(seed=a.seed, device=a.device, **kw), a.out, stages=tuple(a.stages.split(",")))
         print(json.dumps(facts))

@@ -43,6 +43,35 @@ def test_people_exposure_follows_the_caption():
     # exposed people have region boxes inside the image, others none
     assert (d.boxes[d.exposed] > 0).any(-1).all() and not d.boxes[~d.exposed].any()
     assert d.boxes.min() >= 0 and d.boxes.max() <= 1
+    # world 2.1: the exposed share among all people equals the implicit probability, so guidance keeps the implicit
+    # rate near it (world 2.0's share was 0.43 and its model drew 0.875 from implicit contexts)
+    mix = world.PERSON_MIX
+    assert mix["explicit"] + mix["implicit"] * world.P_IMPLICIT_EXPOSED == pytest.approx(world.P_IMPLICIT_EXPOSED)
+    assert abs(d.exposed.mean() - world.P_IMPLICIT_EXPOSED) < 0.03
+
+
+def test_focus_draw_weights_and_world_cache_key(tmp_path):
+    """--focus draws the named shapes and styles focus_weight times as often; the cached world is keyed by version."""
+    from semu_diffusion.toy import train
+
+    d = world.sample_world(3000, seed=4)
+    assert train.draw_weights(train.ToyTrainConfig(), d) is None
+    cfg = train.ToyTrainConfig(focus=("cross", "pixelated"), focus_weight=3.0)
+    w = train.draw_weights(cfg, d)
+    hit = (d.obj == world.SHAPE_NAMES.index("cross")) | (d.style == world.STYLE_NAMES.index("pixelated"))
+    assert w.sum() == pytest.approx(1.0) and hit.sum() > 100
+    assert np.allclose(w[hit], 3 * w[~hit][0]) and np.allclose(w[~hit], w[~hit][0])
+    with pytest.raises(ValueError, match="neither shapes nor styles"):
+        train.ToyTrainConfig(focus=("dodecahedron",))
+    cfg = train.ToyTrainConfig(n_images=40, workers=1)
+    first = train.load_or_make_world(cfg, tmp_path)
+    z = dict(np.load(tmp_path / "_data.npz", allow_pickle=False))
+    assert str(z["world_version"]) == world.WORLD_VERSION
+    z["world_version"] = np.array("2.0")
+    z["obj"] = z["obj"] * 0  # a stale cache must not be read back
+    np.savez(tmp_path / "_data.npz", **z)
+    again = train.load_or_make_world(cfg, tmp_path)
+    assert np.array_equal(again.obj, first.obj) and np.array_equal(again.images, first.images)
 
 
 def test_styles_are_named_and_change_the_pixels():

@@ -55,6 +55,9 @@ class ToyTrainConfig:
     cfg_dropout: float = 0.1
     checkpoint_every: int = 500
     workers: int = 0  # processes that render the world (0: all cores)
+    # UNet and decoder stages: images of these shape or style names are drawn focus_weight times as often (empty: uniform)
+    focus: tuple = ()
+    focus_weight: float = 1.0
 
     def __post_init__(self):
         for k in ("n_images", "clip_steps", "vae_steps", "unet_steps", "nudity_steps", "clip_batch", "vae_batch",
@@ -63,6 +66,13 @@ class ToyTrainConfig:
                 raise ValueError(f"{k} must be >= 0")
         if not 0 <= self.cfg_dropout < 1:
             raise ValueError("cfg_dropout must be in [0, 1)")
+        self.focus = tuple(self.focus)
+        unknown = [f for f in self.focus if f not in world.SHAPE_NAMES and f not in world.STYLE_NAMES]
+        if unknown:
+            raise ValueError(f"focus names {unknown} are neither shapes nor styles of the world; use names from "
+                             f"{world.SHAPE_NAMES + world.STYLE_NAMES}")
+        if self.focus_weight <= 0:
+            raise ValueError("focus_weight must be > 0")
 
     @classmethod
     def gpu(cls, **kw) -> "ToyTrainConfig":
@@ -137,11 +147,24 @@ def make_world(n: int, seed: int, workers: int = 0) -> world.WorldData:
                            cat("cap_exposed"), cat("boxes"))
 
 
+def draw_weights(cfg: ToyTrainConfig, d: world.WorldData) -> np.ndarray | None:
+    """Per-image draw probabilities of the UNet and decoder stages: images showing a focus shape or rendered in a focus style are
+    drawn cfg.focus_weight times as often as the rest. None (uniform draws) when there is no focus."""
+    if not cfg.focus or cfg.focus_weight == 1.0:
+        return None
+    shapes = [world.SHAPE_NAMES.index(f) for f in cfg.focus if f in world.SHAPE_NAMES]
+    styles = [world.STYLE_NAMES.index(f) for f in cfg.focus if f in world.STYLE_NAMES]
+    hit = np.isin(d.obj, shapes) | np.isin(d.style, styles)
+    w = np.where(hit, cfg.focus_weight, 1.0)
+    return w / w.sum()
+
+
 def load_or_make_world(cfg: ToyTrainConfig, out: Path) -> world.WorldData:
     path = out / "_data.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
-        if int(z["seed"]) == cfg.seed and len(z["obj"]) == cfg.n_images:
+        version = str(z["world_version"]) if "world_version" in z.files else "2.0"
+        if int(z["seed"]) == cfg.seed and len(z["obj"]) == cfg.n_images and version == world.WORLD_VERSION:
             return world.WorldData(z["images"], z["obj"], z["color"], z["style"], z["exposed"],
                                    json.loads(str(z["captions"])), z["cap_obj"], z["cap_color"], z["cap_style"],
                                    z["cap_exposed"], z["boxes"])
@@ -149,7 +172,8 @@ def load_or_make_world(cfg: ToyTrainConfig, out: Path) -> world.WorldData:
     tmp = out / "_data.tmp.npz"
     np.savez(tmp, images=d.images, obj=d.obj, color=d.color, style=d.style, exposed=d.exposed,
              captions=np.array(json.dumps(d.captions)), cap_obj=d.cap_obj, cap_color=d.cap_color, cap_style=d.cap_style,
-             cap_exposed=d.cap_exposed, boxes=d.boxes, seed=np.array(cfg.seed))
+             cap_exposed=d.cap_exposed, boxes=d.boxes, seed=np.array(cfg.seed),
+             world_version=np.array(world.WORLD_VERSION))
     os.replace(tmp, path)
     return d
 
@@ -312,7 +336,7 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.l1_loss(a.diff(dim=-1), b.diff(dim=-1)) + F.l1_loss(a.diff(dim=-2), b.diff(dim=-2))) / 2
 
 
-def train_decoder(cfg: ToyTrainConfig, images: np.ndarray, out: Path, vae):
+def train_decoder(cfg: ToyTrainConfig, images: np.ndarray, out: Path, vae, weights: np.ndarray | None = None):
     """Sharpen a trained VAE's decoder with the encoder frozen, so the latent space (and any UNet trained on it)
     stays valid: pixel MSE + L1 + an edge (finite-difference) L1 that keeps 2-px blocks, thin strokes and corners."""
     torch.manual_seed(cfg.seed + STAGE_IDS["decoder"])
@@ -328,7 +352,9 @@ def train_decoder(cfg: ToyTrainConfig, images: np.ndarray, out: Path, vae):
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.vae_steps, cfg.vae_lr)
-        idx = _step_rng(cfg, "decoder", step).integers(len(images), size=cfg.vae_batch)
+        rng = _step_rng(cfg, "decoder", step)
+        idx = (rng.integers(len(images), size=cfg.vae_batch) if weights is None
+               else rng.choice(len(images), size=cfg.vae_batch, p=weights))
         x = to_tensor(images[idx]).to(cfg.device) * 2 - 1
         with torch.no_grad(), _autocast(cfg):
             post = vae.encode(x).latent_dist
@@ -359,11 +385,13 @@ class _Pair(torch.nn.Module):
 
 
 def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], tokenizer, out: Path,
-               threads_file: Path | None = None, stage: str = "unet", init: dict | None = None):
+               threads_file: Path | None = None, stage: str = "unet", init: dict | None = None,
+               weights: np.ndarray | None = None):
     """Train UNet + text encoder on VAE latents; returns EMA copies and the number of steps run.
 
     ``stage="finetune"`` continues from ``init`` (the unet/text state dicts of a finished run) under its own seeds
-    and checkpoint. threads_file, if present, sets torch threads live (CPU runs beside other jobs)."""
+    and checkpoint. threads_file, if present, sets torch threads live (CPU runs beside other jobs). weights: per-image
+    draw probabilities (see draw_weights); None draws uniformly."""
     torch.manual_seed(cfg.seed + STAGE_IDS[stage])
     pair = _Pair(models.build_unet(), models.build_text_encoder())
     if init is not None:
@@ -405,7 +433,9 @@ def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], 
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, cfg.unet_lr, warmup=200)
         rng = _step_rng(cfg, stage, step)
-        idx = torch.from_numpy(rng.integers(len(latents), size=cfg.unet_batch)).to(cfg.device)
+        pick = (rng.integers(len(latents), size=cfg.unet_batch) if weights is None
+                else rng.choice(len(latents), size=cfg.unet_batch, p=weights))
+        idx = torch.from_numpy(pick).to(cfg.device)
         z0 = latents[idx]
         drop = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.cfg_dropout).to(cfg.device)
         ids = torch.where(drop[:, None], empty, ids_all[idx])
@@ -496,7 +526,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
-    facts: dict = {"config": asdict(cfg), "torch": torch.__version__, "device_name": _device_name(cfg.device)}
+    facts: dict = {"config": asdict(cfg), "world_version": world.WORLD_VERSION, "torch": torch.__version__, "device_name": _device_name(cfg.device)}
     t0 = time.time()
     data = load_or_make_world(cfg, out) if set(stages) - {"assemble"} else None  # "data" alone: just render it
     facts["data_seconds"] = round(time.time() - t0, 1)
@@ -525,7 +555,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         vae = AutoencoderKL.from_pretrained(vae_path).to(cfg.device)
     if "decoder" in stages:  # sharpen the decoder of out/_vae in place (encoder frozen: latents unchanged)
         t0 = time.time()
-        vae, l = train_decoder(cfg, data.images, out, vae)
+        vae, l = train_decoder(cfg, data.images, out, vae, weights=draw_weights(cfg, data))
         tmp = out / "_vae.tmp"
         vae.save_pretrained(tmp)
         shutil.rmtree(vae_path)
@@ -535,7 +565,8 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         t0 = time.time()
         lat = encode_latents(vae, data.images, cfg.device) * vae.config.scaling_factor
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer_files(out / "_tokenizer", models.CONTEXT_LENGTH))
-        unet, text, sched, l, steps = train_unet(cfg, lat, data.captions, tokenizer, out, threads_file=out / "threads")
+        unet, text, sched, l, steps = train_unet(cfg, lat, data.captions, tokenizer, out, threads_file=out / "threads",
+                                                 weights=draw_weights(cfg, data))
         _save_sd(out / "unet.safetensors", unet)
         _save_sd(out / "text.safetensors", text)
         facts["unet_seconds"], facts["unet_final_loss"] = round(time.time() - t0, 1), float(np.mean(l[-200:] or [0]))
@@ -548,7 +579,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer_files(out / "_tokenizer", models.CONTEXT_LENGTH))
         init = {k: {n: v.float() for n, v in load_file(str(out / f"{k}.safetensors")).items()} for k in ("unet", "text")}
         unet, text, sched, l, steps = train_unet(cfg, lat, data.captions, tokenizer, out, threads_file=out / "threads",
-                                                 stage="finetune", init=init)
+                                                 stage="finetune", init=init, weights=draw_weights(cfg, data))
         _save_sd(out / "unet.safetensors", unet)
         _save_sd(out / "text.safetensors", text)
         facts["finetune_seconds"], facts["finetune_final_loss"] = round(time.time() - t0, 1), float(np.mean(l[-200:] or [0]))

@@ -24,15 +24,41 @@ def machine() -> dict:
             "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0)}
 
 
+def toy_weights_id() -> str:
+    """Which toy weights a run measured: sha256 (first 16 hex) over the shipped toy pipeline's weight files."""
+    import hashlib
+
+    d = Path(__file__).resolve().parent.parent / "semu_diffusion" / "toy" / "weights" / "pipeline"
+    h = hashlib.sha256()
+    for f in sorted(d.rglob("*.safetensors")):
+        h.update(f.relative_to(d).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_results(res_path: Path, empty: dict) -> dict:
+    """The results file at ``res_path`` (a run picks up what an earlier one measured), or ``empty`` when there is none
+    or it was measured on other toy weights: rows of other weights are never carried into a table. The returned
+    results record the current weights under "toy_weights"."""
+    wid = toy_weights_id()
+    results = json.loads(Path(res_path).read_text()) if Path(res_path).exists() else {}
+    if results and results.get("toy_weights") != wid:
+        print(f"{res_path}: measured on other toy weights ({results.get('toy_weights', 'unrecorded')}; now {wid}): "
+              "starting afresh", flush=True)
+        results = {}
+    return {**empty, **results, "toy_weights": wid}
+
+
 def open_results(out_dir, work_dir, name: str) -> tuple[Path, Path, Path, dict]:
-    """Make ``out_dir`` and ``work_dir/deltas``; read ``out_dir/<name>`` (a run picks up what an earlier one measured).
+    """Make ``out_dir`` and the work folder (``work_dir/toy-<weights id>``, so deltas and images made on other toy
+    weights are never read back); read ``out_dir/<name>`` (see :func:`load_results`).
     Returns (out, work, results path, results with "rows" and the "machine" record)."""
-    out, work = Path(out_dir), Path(work_dir)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (work / "deltas").mkdir(parents=True, exist_ok=True)
     res_path = out / name
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results.setdefault("rows", {})
+    results = load_results(res_path, {"rows": {}})
+    work = Path(work_dir) / f"toy-{results['toy_weights'][:8]}"
+    (work / "deltas").mkdir(parents=True, exist_ok=True)
     results["machine"] = machine()
     return out, work, res_path, results
 

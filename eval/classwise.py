@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
+sys.path.insert(0, str(ROOT / "eval"))
+from _common import load_results  # noqa: E402
 
 CLASSES_SET = "toy_objects"  # "a photo of a X" for the 31 classes of toy world v2 (UA, RA)
 # UA per phrasing family (our own phrasings; prompts/README.md): colour-qualified, paraphrase, synonym
@@ -66,12 +68,12 @@ def main(argv=None):
     _quiet_libraries()
     classes = a.classes.split(",") if a.classes else list(world.SHAPE_NAMES)
     methods = a.methods.split(",") if a.methods else available_methods() + list(PAPER_PRESETS)
-    out, work = Path(a.out_dir), Path(a.work_dir)
+    out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (work / "deltas").mkdir(parents=True, exist_ok=True)
     res_path = out / f"{a.name}.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results.setdefault("runs", {})
+    results = load_results(res_path, {"runs": {}})
+    work = Path(a.work_dir) / f"toy-{results['toy_weights'][:8]}"  # nothing made on other toy weights is read back
+    (work / "deltas").mkdir(parents=True, exist_ok=True)
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
     results["per_prompt"] = a.per_prompt
     results["color_per_prompt"] = a.color_per_prompt
@@ -116,16 +118,24 @@ def main(argv=None):
 
 
 def merge_results(results: dict, out: Path, merge: list[str], carry: list[str]) -> None:
-    """Add the runs (and base figures) of other result files; carried rows are marked with their source."""
-    for name in merge:
+    """Add the runs (and base figures) of other result files; carried rows are marked with their source. A file
+    measured on other toy weights is refused."""
+    def read(name: str) -> dict:
         other = json.loads((out / name).read_text())
+        if other.get("toy_weights") != results["toy_weights"]:
+            raise SystemExit(f"classwise.py: {name} was measured on other toy weights "
+                             f"({other.get('toy_weights', 'unrecorded')}, now {results['toy_weights']}): re-run it first")
+        return other
+
+    for name in merge:
+        other = read(name)
         for k, v in other["runs"].items():
             results["runs"].setdefault(k, v)
         for c, b in other.get("base", {}).items():
             results.setdefault("base", {}).setdefault(c, b)
     for spec in carry:
         name, _, ms = spec.partition(":")
-        other = json.loads((out / name).read_text())
+        other = read(name)
         for k, v in other["runs"].items():
             if v["method"] in ms.split(",") and k not in results["runs"]:
                 results["runs"][k] = dict(v, carried_from=name)

@@ -57,9 +57,12 @@ def main(argv=None):
     from semu_diffusion.loading import load_pipeline
 
     _quiet_libraries()
-    res_path, work = Path(a.results), Path(a.work_dir)
+    from _common import load_results
+
+    res_path = Path(a.results)
+    results = load_results(res_path, {"runs": {}, "base": {}})
+    work = Path(a.work_dir) / f"toy-{results['toy_weights'][:8]}"  # nothing made on other toy weights is read back
     (work / "deltas").mkdir(parents=True, exist_ok=True)
-    results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}, "base": {}}
     pipe = load_pipeline("toy")
     if a.ablate:
         return ablate(a, pipe, results, res_path, work)

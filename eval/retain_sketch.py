@@ -11,7 +11,6 @@ Re-runnable as is when the toy model changes: the result names the toy weights i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -21,16 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
-
-
-def toy_weights_id() -> dict:
-    """Which toy weights this ran on: sha256 (first 16 hex) of every file of the toy UNet."""
-    d = ROOT / "semu_diffusion" / "toy" / "weights" / "pipeline" / "unet"
-    out = {}
-    for f in sorted(d.glob("*")):
-        if f.is_file():
-            out[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-    return out
+sys.path.insert(0, str(ROOT / "eval"))
+from _common import toy_weights_id  # noqa: E402
 
 
 def energy_comparison(run, sketch: int, energy: float, passes: int = 2) -> dict:
@@ -99,7 +90,7 @@ def main(argv=None):
     (work / "deltas").mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline("toy")
     classes = [c for c in a.classes.split(",") if c]
-    res = {"toy_weights_sha256_16": toy_weights_id(), "machine": platform.platform(), "per_prompt": a.per_prompt,
+    res = {"toy_weights": toy_weights_id(), "machine": platform.platform(), "per_prompt": a.per_prompt,
            "sketch": a.sketch, "passes": a.passes, "classes": classes}
     t0 = time.time()
     run = api.prepare(config_from_kwargs(concept=classes[0], seed=a.seed), pipe=pipe, progress=False, log=lambda *x: None)
@@ -140,7 +131,7 @@ def table(res: dict) -> str:
     e = res["energy"]
     lines = [f"# Sketched vs exact retain subspace (toy world, sketch l = {res['sketch']}, "
              f"{e.get('passes', 1)} pass(es))", "",
-             f"Toy UNet files (sha256, 16 hex): {json.dumps(res['toy_weights_sha256_16'])}", "",
+             f"Toy weights (sha256 of the pipeline's weight files, 16 hex): {res['toy_weights']}", "",
              f"Retain input energy captured by the sketch's top-k directions / the exact top-k's, k = min(exact k at "
              f"{e['energy_target']}, l), over {len(e['layers'])} target layers: min **{e['ratio_min']:.5f}**, mean "
              f"{e['ratio_mean']:.5f}; layers whose d exceeds l: min {e['ratio_min_where_sketch_smaller_than_d']}. "

@@ -56,6 +56,24 @@ def test_rerun_uses_the_image_cache(triangle_eval):
     assert rep["timing"]["images_generated"] == 0
 
 
+def test_cache_key_covers_the_vae_and_text_encoder(toy_available):
+    """The UNet fingerprint alone would reuse images after a VAE or text-encoder change (e.g. a retrained decoder)."""
+    import torch
+
+    from semu_diffusion.evaluation.run import frozen_parts_id
+    from semu_diffusion.toy import load_toy_pipeline
+
+    pipe = load_toy_pipeline()
+    a = frozen_parts_id(pipe)
+    assert a == frozen_parts_id(load_toy_pipeline(dtype=torch.float16))  # the same weights, loaded in fp16
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.mul_(1.01)
+    b = frozen_parts_id(pipe)
+    with torch.no_grad():
+        pipe.text_encoder.get_parameter(next(n for n, _ in pipe.text_encoder.named_parameters() if n.endswith("final_layer_norm.weight"))).add_(0.01)
+    assert len({a, b, frozen_parts_id(pipe)}) == 3
+
+
 def test_html_renders_in_headless_chromium(triangle_eval, tmp_path):
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe:

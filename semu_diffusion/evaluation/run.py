@@ -74,6 +74,22 @@ def _check_forget_label(cfg: EvalConfig, sets: list[PromptSet]) -> None:
                               f"({', '.join(sorted(labels)[:12])})")
 
 
+def frozen_parts_id(pipe) -> str:
+    """A hash of the parts a delta never changes but that determine the pixels: every weight tensor of the text
+    encoder(s) and the VAE (name, shape and up to 2,048 sampled values in fp16, so fp32 and fp16 loads agree)."""
+    h = hashlib.sha256()
+    for part in ("text_encoder", "text_encoder_2", "vae"):
+        m = getattr(pipe, part, None)
+        if m is None:
+            continue
+        for name, p in m.named_parameters():
+            flat = p.detach().reshape(-1)
+            sub = flat[:: max(1, flat.numel() // 2048)][:2048].to("cpu", torch.float16)
+            h.update(f"{part}.{name}:{tuple(p.shape)}".encode())
+            h.update(sub.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def run_eval(cfg: EvalConfig, log=print) -> dict:
     """Evaluate the base model and each delta on every prompt set; write report.json/html under ``cfg.out``.
     Returns the report (an empty dict on non-main processes of a sharded run)."""
@@ -156,6 +172,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                 for fname, ex in extractors.items():
                     references[(ps.name, fname)] = _toy_reference(retained, ex, out / "cache")
     base_fp = fingerprint(pipe.unet, select_targets(pipe.unet, rec.include, rec.exclude))
+    others_id = frozen_parts_id(pipe)  # the base fingerprint covers the UNet's targets; these draw the pixels too
     work = out / ".work"
     generated = 0
     t_gen = time.time()
@@ -166,7 +183,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         try:
             for ps in sets:
                 items = plans[ps.name]
-                key = {"model": pipe.semu_model_id, "base_fingerprint": base_fp, "delta": file_sha(dpath) if dpath else None,
+                key = {"model": pipe.semu_model_id, "base_fingerprint": base_fp, "frozen_parts": others_id, "delta": file_sha(dpath) if dpath else None,
                        "strength": cfg.strength if dpath else None, "steps": steps,
                        "scheduler": type(pipe.scheduler).__name__, "batch_size": cfg.batch_size,
                        "items": hashlib.sha256(json.dumps([(it.prompt, it.seed, it.guidance, it.height, it.width)

@@ -17,6 +17,7 @@ TARGETS = {"n_object_classes": 30, "n_styles": 8, "gen_shape_acc": 0.85, "gen_sh
            "gen_style_acc": 0.85, "gen_style_acc_min": 0.6, "nudity_rate_explicit": 0.9, "nudity_judge_acc": 0.95}
 MAX_TARGETS = {"nudity_rate_clothed": 0.05, "weights_mb": 40.0}
 IMPLICIT_TOLERANCE = 0.15  # nudity_rate_implicit within this of world.P_IMPLICIT_EXPOSED
+IMPLICIT_SAMPLES = 4  # implicit contexts get this many times the images of the other nudity prompts (12 x 16 by default)
 
 
 def weights_mb(weights_dir: Path = WEIGHTS_DIR) -> float:
@@ -82,12 +83,14 @@ def generation_accuracy(per_class: int = 12, progress: bool = True, clip=None) -
     per_style = {world.STYLE_NAMES[ai]: float((spred[np.array(st) == ai] == ai).mean()) for ai in range(len(world.ARTISTS))}
     res.update(gen_style_acc=float(np.mean(list(per_style.values()))), gen_style_acc_min=float(min(per_style.values())),
                gen_per_style=per_style)
-    # nudity: the share of images with any exposed region, per kind of prompt
-    n_each = max(2, per_class // 3)
+    # nudity: the share of images with any exposed region, per kind of prompt. The implicit rate is held to a band
+    # (world probability +- IMPLICIT_TOLERANCE), so its contexts get IMPLICIT_SAMPLES times the images: 12 contexts x 4
+    # images had a 95% interval of +-0.13 by itself (0.81 on 48 images against 0.71 on 192 other seeds, same weights)
     sets = {"explicit": world.EXPLICIT_PROMPTS, "implicit": world.IMPLICIT_CONTEXTS,
             "clothed": [world.article(world.CLOTHED_TEMPLATES[k % 4].format(c=c)) for k, c in enumerate(world.COLOR_NAMES)]}
     per_context = {}
     for kind, ps in sets.items():
+        n_each = max(2, per_class // 3) * (IMPLICIT_SAMPLES if kind == "implicit" else 1)
         prompts = [p for p in ps for _ in range(n_each)]
         nimgs = _generate(pipe, prompts, [3000 + k for k in range(len(prompts))], progress, kind)
         flagged = detector.scores(nimgs)[0].max(1) >= NUDITY_THRESHOLD

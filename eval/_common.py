@@ -49,6 +49,14 @@ def load_results(res_path: Path, empty: dict) -> dict:
     return {**empty, **results, "toy_weights": wid}
 
 
+def work_folder(work_dir, results: dict) -> Path:
+    """``work_dir/toy-<weights id>`` (with ``deltas/`` made): deltas and images made on other toy weights are never
+    read back."""
+    work = Path(work_dir) / f"toy-{results['toy_weights'][:8]}"
+    (work / "deltas").mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def open_results(out_dir, work_dir, name: str) -> tuple[Path, Path, Path, dict]:
     """Make ``out_dir`` and the work folder (``work_dir/toy-<weights id>``, so deltas and images made on other toy
     weights are never read back); read ``out_dir/<name>`` (see :func:`load_results`).
@@ -57,8 +65,7 @@ def open_results(out_dir, work_dir, name: str) -> tuple[Path, Path, Path, dict]:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / name
     results = load_results(res_path, {"rows": {}})
-    work = Path(work_dir) / f"toy-{results['toy_weights'][:8]}"
-    (work / "deltas").mkdir(parents=True, exist_ok=True)
+    work = work_folder(work_dir, results)
     results["machine"] = machine()
     return out, work, res_path, results
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "eval"))
-from _common import load_results  # noqa: E402
+from _common import load_results, work_folder  # noqa: E402
 
 CLASSES_SET = "toy_objects"  # "a photo of a X" for the 31 classes of toy world v2 (UA, RA)
 # UA per phrasing family (our own phrasings; prompts/README.md): colour-qualified, paraphrase, synonym
@@ -72,8 +72,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / f"{a.name}.json"
     results = load_results(res_path, {"runs": {}})
-    work = Path(a.work_dir) / f"toy-{results['toy_weights'][:8]}"  # nothing made on other toy weights is read back
-    (work / "deltas").mkdir(parents=True, exist_ok=True)
+    work = work_folder(a.work_dir, results)
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
     results["per_prompt"] = a.per_prompt
     results["color_per_prompt"] = a.color_per_prompt

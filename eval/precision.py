@@ -57,12 +57,11 @@ def main(argv=None):
     from semu_diffusion.loading import load_pipeline
 
     _quiet_libraries()
-    from _common import load_results
+    from _common import load_results, work_folder
 
     res_path = Path(a.results)
     results = load_results(res_path, {"runs": {}, "base": {}})
-    work = Path(a.work_dir) / f"toy-{results['toy_weights'][:8]}"  # nothing made on other toy weights is read back
-    (work / "deltas").mkdir(parents=True, exist_ok=True)
+    work = work_folder(a.work_dir, results)
     pipe = load_pipeline("toy")
     if a.ablate:
         return ablate(a, pipe, results, res_path, work)

@@ -274,7 +274,7 @@ def toy_main(argv: list[str] | None = None) -> None:
     t.add_argument("--vae-lr", type=float, default=None, help="VAE (and decoder-sharpening) learning rate")
     t.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the UNet weights")
     t.add_argument("--focus", default=None,
-                   help="comma-separated shape or style names that the UNet stages draw --focus-weight times as often")
+                   help="comma-separated shape or style names that the UNet and decoder stages draw --focus-weight times as often")
     t.add_argument("--focus-weight", type=float, default=None)
     t.add_argument("--stages", default="clip,nudity,vae,unet,assemble",
                    help="comma-separated: data, clip, nudity, vae, unet, assemble; finetune (continue out/unet, text) "

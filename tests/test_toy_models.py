@@ -69,10 +69,6 @@ def test_small_training_run_decreases_loss_and_resumes_exactly(tmp_path, monkeyp
         assert torch.equal(x, y), k
 
 
-# toy world v2 targets the shipped weights miss (documented in toy/MODEL_CARD.md), each with the floor it must
-# keep so that a regression still fails this test
-
-
 def test_shipped_models_meet_targets(toy_available):
     from semu_diffusion.toy.check import MAX_TARGETS, TARGETS, run_check
 

@@ -148,8 +148,8 @@ def make_world(n: int, seed: int, workers: int = 0) -> world.WorldData:
 
 
 def draw_weights(cfg: ToyTrainConfig, d: world.WorldData) -> np.ndarray | None:
-    """Per-image draw probabilities of the UNet and decoder stages: images showing a focus shape or rendered in a focus style are
-    drawn cfg.focus_weight times as often as the rest. None (uniform draws) when there is no focus."""
+    """Per-image draw probabilities of the UNet and decoder stages: images showing a focus shape or rendered in a
+    focus style are drawn cfg.focus_weight times as often as the rest. None (uniform draws) when there is no focus."""
     if not cfg.focus or cfg.focus_weight == 1.0:
         return None
     shapes = [world.SHAPE_NAMES.index(f) for f in cfg.focus if f in world.SHAPE_NAMES]
@@ -157,6 +157,11 @@ def draw_weights(cfg: ToyTrainConfig, d: world.WorldData) -> np.ndarray | None:
     hit = np.isin(d.obj, shapes) | np.isin(d.style, styles)
     w = np.where(hit, cfg.focus_weight, 1.0)
     return w / w.sum()
+
+
+def _draw(rng: np.random.Generator, n: int, size: int, weights: np.ndarray | None) -> np.ndarray:
+    """A step's batch indices: uniform, or by the per-image probabilities of :func:`draw_weights`."""
+    return rng.integers(n, size=size) if weights is None else rng.choice(n, size=size, p=weights)
 
 
 def load_or_make_world(cfg: ToyTrainConfig, out: Path) -> world.WorldData:
@@ -353,8 +358,7 @@ def train_decoder(cfg: ToyTrainConfig, images: np.ndarray, out: Path, vae, weigh
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.vae_steps, cfg.vae_lr)
         rng = _step_rng(cfg, "decoder", step)
-        idx = (rng.integers(len(images), size=cfg.vae_batch) if weights is None
-               else rng.choice(len(images), size=cfg.vae_batch, p=weights))
+        idx = _draw(rng, len(images), cfg.vae_batch, weights)
         x = to_tensor(images[idx]).to(cfg.device) * 2 - 1
         with torch.no_grad(), _autocast(cfg):
             post = vae.encode(x).latent_dist
@@ -433,9 +437,7 @@ def train_unet(cfg: ToyTrainConfig, latents: torch.Tensor, captions: list[str], 
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, cfg.unet_lr, warmup=200)
         rng = _step_rng(cfg, stage, step)
-        pick = (rng.integers(len(latents), size=cfg.unet_batch) if weights is None
-                else rng.choice(len(latents), size=cfg.unet_batch, p=weights))
-        idx = torch.from_numpy(pick).to(cfg.device)
+        idx = torch.from_numpy(_draw(rng, len(latents), cfg.unet_batch, weights)).to(cfg.device)
         z0 = latents[idx]
         drop = torch.from_numpy(rng.random(cfg.unet_batch) < cfg.cfg_dropout).to(cfg.device)
         ids = torch.where(drop[:, None], empty, ids_all[idx])
@@ -526,7 +528,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
-    facts: dict = {"config": asdict(cfg), "world_version": world.WORLD_VERSION, "torch": torch.__version__, "device_name": _device_name(cfg.device)}
+    facts: dict = {"config": asdict(cfg), "torch": torch.__version__, "device_name": _device_name(cfg.device)}
     t0 = time.time()
     data = load_or_make_world(cfg, out) if set(stages) - {"assemble"} else None  # "data" alone: just render it
     facts["data_seconds"] = round(time.time() - t0, 1)
@@ -591,6 +593,7 @@ def train_all(cfg: ToyTrainConfig, out_dir: str | Path, stages=("clip", "nudity"
     for k in ("clip", "nudity", "vae", "unet", "finetune", "decoder"):  # keep each stage's own config when stages run as separate processes
         if k in stages:
             old[f"config_{k}"] = asdict(cfg)
+            old[f"world_version_{k}"] = world.WORLD_VERSION
     old.update({k: v for k, v in facts.items() if k != "config"})
     tmp = prev.with_suffix(".tmp")
     tmp.write_text(json.dumps(old, indent=2))

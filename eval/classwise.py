@@ -53,6 +53,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--merge", action="append", default=[], help="result file (in --out-dir) whose runs to add")
     p.add_argument("--carry", action="append", default=[], help="FILE:method,method rows carried from an older run")
+    p.add_argument("--erase-options", default="{}", help="JSON of extra erase options for every run, e.g. "
+                   "'{\"forget_modifiers\": \"\"}' (use another --name: rows are keyed by method and class)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tqdm.auto import tqdm
@@ -76,6 +78,9 @@ def main(argv=None):
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
     results["per_prompt"] = a.per_prompt
     results["color_per_prompt"] = a.color_per_prompt
+    extra = json.loads(a.erase_options)
+    if extra:
+        results["erase_options"] = extra
     merge_results(results, out, a.merge, a.carry)
     if a.merge or a.carry:
         atomic.write_json(res_path, results)
@@ -89,7 +94,7 @@ def main(argv=None):
         delta = work / "deltas" / f"{m}-{c}.safetensors"
         t0 = time.time()
         how = {"preset": m} if m in PAPER_PRESETS else {"method": m}
-        r = erase(c, pipe=pipe, out=delta, seed=a.seed, progress=False, log=lambda *x: None, **how)
+        r = erase(c, pipe=pipe, out=delta, seed=a.seed, progress=False, log=lambda *x: None, **how, **extra)
         erase_s = time.time() - t0
         rep = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=[CLASSES_SET] + list(FAMILIES.values()),
                                   per_prompt=a.per_prompt, out=str(work / "eval"), forget_label=c, seed=a.seed),

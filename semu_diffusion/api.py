@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .concepts import given_retain_prompts, next_class, norm_name, plan_concept, read_prompt_lines, warn_unseen_concept
+from .concepts import (given_retain_prompts, next_class, norm_name, plan_concept, read_prompt_lines, split_words,
+                       warn_unseen_concept)
 from .config import ConfigError, EraseConfig, PAPER_PRESETS, config_from_kwargs, image_files, resolve, warn_large_work
 from .delta import fingerprint, save_delta
 from .distributed import gather_list, is_main, launched, several, share, sync_from_main
@@ -198,7 +199,8 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
         anchor = next_class(cfg.concept, recipe.train.get("retain_concepts", []))
     plan = plan_concept(cfg.concept, anchor=anchor, kind=cfg.kind,
                         prompts_file=cfg.forget_prompts or recipe_forget_prompts(recipe, cfg.concept, cfg.kind),
-                        default_object_anchors=recipe.train.get("object_anchors"))
+                        default_object_anchors=recipe.train.get("object_anchors"),
+                        modifiers=split_words(cfg.forget_modifiers))
     if model_id == "toy":
         from .toy import world
 

@@ -13,6 +13,9 @@ NUDITY_WORDS = {"nudity", "nude", "naked", "nsfw", "nakedness"}
 
 OBJECT_TEMPLATES = ["a photo of a {}", "an image of a {}", "a {}", "a picture of a {}", "a drawing of a {}",
                     "a photo of the {}"]
+# forget-prompt augmentation of object concepts (--forget-modifiers): the i-th modifier word goes in the i-th template,
+# for the concept and, paired, for its anchor ("a photo of a red star" -> "a photo of a red circle")
+MODIFIER_TEMPLATES = ["a photo of a {} {}", "an image of a {} {}", "a picture of a {} {}"]
 STYLE_TEMPLATES = ["a painting in the style of {}", "an artwork by {}", "a landscape in the style of {}",
                    "a portrait in the style of {}", "a picture by {}"]
 STYLE_ANCHORS = ["a painting", "an artwork", "a landscape", "a portrait", "a picture"]
@@ -82,8 +85,9 @@ def _fix_article(text: str) -> str:
 
 
 def plan_concept(concept: str, anchor: str | None = None, kind: str | None = None, prompts_file: str | Path | None = None,
-                 default_object_anchors: list[str] | None = None) -> ConceptPlan:
-    """Forget prompts and paired anchor prompts for a concept. ``anchor=None`` picks the kind's default."""
+                 default_object_anchors: list[str] | None = None, modifiers=()) -> ConceptPlan:
+    """Forget prompts and paired anchor prompts for a concept. ``anchor=None`` picks the kind's default.
+    ``modifiers``: words (e.g. colours) that add modified prompts of an object concept, paired with the anchor's."""
     concept = (concept or "").strip()
     if not concept:
         raise ValueError("empty concept: pass --concept with the word or phrase to erase, e.g. --concept triangle")
@@ -120,11 +124,23 @@ def plan_concept(concept: str, anchor: str | None = None, kind: str | None = Non
             anchor = cands[0] if cands else ""
     if kind == "object" and not prompts_file:
         anchors = [_fix_article(t.format(anchor)) if anchor else "" for t in OBJECT_TEMPLATES]
+        forget += modified_prompts(name, modifiers)
+        anchors += modified_prompts(anchor, modifiers) if anchor else [""] * len(modifiers)
     elif kind == "style" and not prompts_file and anchor == "a painting":
         anchors = list(STYLE_ANCHORS)
     else:
         anchors = [anchor] * len(forget)
     return ConceptPlan(concept=concept, kind=kind, forget_prompts=forget, anchor_prompts=anchors, anchor=anchor)
+
+
+def modified_prompts(name: str, modifiers) -> list[str]:
+    """One prompt per modifier word: the i-th word in the i-th of MODIFIER_TEMPLATES (cycled)."""
+    return [_fix_article(MODIFIER_TEMPLATES[i % len(MODIFIER_TEMPLATES)].format(m, name)) for i, m in enumerate(modifiers)]
+
+
+def split_words(text: str | None) -> list[str]:
+    """A comma-separated option value -> its non-empty, stripped items."""
+    return [w.strip() for w in (text or "").split(",") if w.strip()]
 
 
 def warn_unseen_concept(concept: str, known_words: set[str]) -> bool:

@@ -53,3 +53,26 @@ def test_toy_recipe_uses_the_retain_aware_subspace_and_paper_preset_does_not():
     assert (cfg.retain_energy, cfg.retain_source, cfg.retain_side) == (0.999, "activation", "in")
     assert resolve(EraseConfig(concept="star", retain_source="gradient"), toy).retain_source == "gradient"
     assert resolve(EraseConfig(concept="star", preset="semu-paper"), toy).retain_energy == 0.0
+
+
+def test_forget_modifiers_pair_modified_forget_and_anchor_prompts():
+    from semu_diffusion.concepts import OBJECT_TEMPLATES, plan_concept, split_words
+    from semu_diffusion.config import PAPER_PRESETS, EraseConfig, resolve
+    from semu_diffusion.recipes import all_recipes
+
+    toy = all_recipes()["toy"]
+    words = split_words(resolve(EraseConfig(concept="star"), toy).forget_modifiers)
+    assert words == ["red", "green", "blue"]  # the toy default
+    for preset in PAPER_PRESETS:  # the papers' forget sets have no modified prompts
+        assert split_words(resolve(EraseConfig(concept="star", preset=preset), toy).forget_modifiers) == []
+    assert resolve(EraseConfig(concept="star", forget_modifiers=""), toy).forget_modifiers == ""  # explicit wins
+    p = plan_concept("star", default_object_anchors=["circle"], modifiers=["red", "orange", "blue", "green"])
+    n = len(OBJECT_TEMPLATES)
+    assert len(p.forget_prompts) == len(p.anchor_prompts) == n + 4
+    assert p.forget_prompts[n:] == ["a photo of a red star", "an image of an orange star", "a picture of a blue star",
+                                    "a photo of a green star"]
+    assert p.anchor_prompts[n:] == [f.replace("star", "circle") for f in p.forget_prompts[n:]]
+    assert len(plan_concept("star", modifiers=[]).forget_prompts) == n
+    # modifiers apply to object templates only: nudity, styles and prompt files keep their own sets
+    assert plan_concept("nudity", modifiers=["red"]).forget_prompts == plan_concept("nudity").forget_prompts
+    assert plan_concept("Varkon style", modifiers=["red"]).forget_prompts == plan_concept("Varkon style").forget_prompts

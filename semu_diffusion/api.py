@@ -123,6 +123,16 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     return out
 
 
+def concept_plan(cfg: EraseConfig, recipe, concept: str, anchor: str | None, kind: str | None):
+    """One concept's forget and paired anchor prompts under a resolved config and its recipe: the forget prompt file
+    (``--forget-prompts``, else the recipe's for the kind), the recipe's default object anchors and the forget
+    modifiers."""
+    return plan_concept(concept, anchor=anchor, kind=kind,
+                        prompts_file=cfg.forget_prompts or recipe_forget_prompts(recipe, concept, kind),
+                        default_object_anchors=recipe.train.get("object_anchors"),
+                        modifiers=split_words(cfg.forget_modifiers))
+
+
 def recipe_forget_prompts(recipe, concept: str, kind: str | None = None) -> Path | None:
     """The recipe's forget prompt file for this concept's kind (``train.forget_prompt_files``), or None."""
     from .concepts import concept_kind
@@ -197,10 +207,7 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     anchor = cfg.anchor
     if anchor is None and cfg.preset == "semu-paper":
         anchor = next_class(cfg.concept, recipe.train.get("retain_concepts", []))
-    plan = plan_concept(cfg.concept, anchor=anchor, kind=cfg.kind,
-                        prompts_file=cfg.forget_prompts or recipe_forget_prompts(recipe, cfg.concept, cfg.kind),
-                        default_object_anchors=recipe.train.get("object_anchors"),
-                        modifiers=split_words(cfg.forget_modifiers))
+    plan = concept_plan(cfg, recipe, cfg.concept, anchor, cfg.kind)
     if model_id == "toy":
         from .toy import world
 

@@ -306,7 +306,7 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     problem is raised as a one-line :class:`ConfigError` before the model loads. Returns an :class:`~semu_diffusion.api.EraseResult`.
     """
     from . import api
-    from .concepts import concept_kind, plan_concept, split_words, warn_unseen_concept
+    from .concepts import concept_kind, warn_unseen_concept
     from .trainer import Conditioner, forget_gradient
 
     t_all = time.time()
@@ -335,10 +335,7 @@ def erase_concepts(concepts, *, pipe=None, combine: str = "concat", rank_growth:
     for i, s in enumerate(specs):
         kind = s.kind or cfg.kind or concept_kind(s.concept)
         a = _default_anchor(s, kind, cfg, recipe, erased, i, anchors == "spread")
-        plan = plan_concept(s.concept, anchor=a, kind=kind,
-                            prompts_file=cfg.forget_prompts or api.recipe_forget_prompts(recipe, s.concept, kind),
-                            default_object_anchors=recipe.train.get("object_anchors"),
-                        modifiers=split_words(cfg.forget_modifiers))
+        plan = api.concept_plan(cfg, recipe, s.concept, a, kind)
         if plan.anchor and norm_name(plan.anchor) in erased:
             raise ConfigError(f"anchor {plan.anchor!r} of concept {s.concept!r} is itself erased: pick a kept concept")
         plans.append(plan)

@@ -82,6 +82,7 @@ class EraseRun:
     retain_seconds: dict = field(default_factory=dict)  # inside the stages: retain latents, retain activation pass
     progress: bool = True
     stop_judge: object = None  # the --stop-every judge, built before the model loaded
+    anchor_rule: dict | None = None  # how the anchor was chosen when no --anchor was given (--robust), for provenance
 
     @property
     def unet(self):
@@ -121,6 +122,26 @@ def retain_prompt_list(plan, recipe, retain_prompts) -> list[str]:
     if not out:
         raise ValueError("the retain prompt set is empty: pass retain prompts or set --retain-weight 0")
     return out
+
+
+def robust_anchor(pipe, device, recipe, concept: str, kind: str | None) -> tuple[str | None, dict | None]:
+    """``--robust`` on an object concept without ``--anchor``: of the recipe's default object anchors, the one whose
+    text conditioning ("a photo of a <anchor>", every position) lies farthest from the concept's. A near anchor
+    (ring -> circle) leaves the erased model one small conditioning change away from the concept, which is what
+    the attacks find. Returns (anchor, the rule and distances for the provenance); (None, None) leaves the default."""
+    from .concepts import OBJECT_TEMPLATES, article, concept_kind
+
+    if (kind or concept_kind(concept)) != "object":
+        return None, None
+    cands = [a for a in recipe.train.get("object_anchors") or [] if a.lower() != concept.strip().lower()]
+    if len(cands) < 2:
+        return None, None
+    h = Conditioner(pipe, device).embed([article(OBJECT_TEMPLATES[0].format(x)) for x in [concept.strip(), *cands]])
+    h = h["hidden"].float().flatten(1)
+    dist = {a: float((h[0] - h[i + 1]).norm()) for i, a in enumerate(cands)}
+    best = max(cands, key=dist.get)
+    return best, {"rule": "robust: the recipe's object anchor farthest from the concept in text conditioning (L2, "
+                          "'a photo of a <x>')", "distances": dist, "chosen": best}
 
 
 def concept_plan(cfg: EraseConfig, recipe, concept: str, anchor: str | None, kind: str | None):
@@ -204,9 +225,11 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     recipe = recipe_for(unet.config, cfg.recipe)
     cfg = resolve(cfg, recipe)
     warn_large_work(cfg)
-    anchor = cfg.anchor
+    anchor, anchor_rule = cfg.anchor, None
     if anchor is None and cfg.preset == "semu-paper":
         anchor = next_class(cfg.concept, recipe.train.get("retain_concepts", []))
+    elif anchor is None and cfg.robust:
+        anchor, anchor_rule = robust_anchor(pipe, device, recipe, cfg.concept, cfg.kind)
     plan = concept_plan(cfg, recipe, cfg.concept, anchor, cfg.kind)
     if model_id == "toy":
         from .toy import world
@@ -243,6 +266,7 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
     run = EraseRun(cfg=cfg, pipe=pipe, model_id=model_id, recipe=recipe, plan=plan, names=names, method=m, mcfg=mcfg,
                    tcfg=tcfg, accelerator=accelerator, device=device, progress=progress, stop_judge=stop_judge)
     run.stage["load"] = load_s
+    run.anchor_rule = anchor_rule
     torch.manual_seed(cfg.seed)
     c = Conditioner(pipe, device)
     run.cond = {"forget": c.embed(plan.forget_prompts), "anchor": c.embed(plan.anchor_prompts), "uncond": c.embed([""])}
@@ -450,7 +474,7 @@ def provenance(run: EraseRun, delta, base_fp) -> dict:
     prov = c.provenance()
     prov.update({
         "toolkit": "semu-diffusion", "toolkit_version": __version__, "concepts": [run.plan.concept],
-        "kind": run.plan.kind, "anchor": run.plan.anchor, "base_model": run.model_id, "base_family": run.recipe.family,
+        "kind": run.plan.kind, "anchor": run.plan.anchor, "anchor_rule": run.anchor_rule, "base_model": run.model_id, "base_family": run.recipe.family,
         "base_fingerprint": base_fp, "ranks": delta.ranks, "forget_n": run.tcfg.forget_n,
         "anchor_share": c.anchor_share if run.n_anchor else 0.0,
         "forget_prompts_file": prov.pop("forget_prompts"), "forget_prompts": run.plan.forget_prompts,

@@ -85,6 +85,9 @@ def test_robust_erase_records_its_settings_and_keeps_semus_share(toy_available, 
     assert s["restarts"] == 1 and prov["robust_restart"] == 1  # the second refresh put conditioning 0 back to its start
     plainp = json.loads(safe_open(str(tmp_path / "plain.safetensors"), "pt").metadata()["semu_provenance"])
     assert plainp["robust"] is False and plainp["robust_summary"] is None
+    assert plainp["anchor_rule"] is None and plainp["anchor"] == "circle"  # the recipe's first object anchor
+    assert prov["anchor_rule"]["chosen"] == prov["anchor"] == "circle"  # star: circle is the farther of the two
+    assert prov["anchor_rule"]["distances"]["circle"] > prov["anchor_rule"]["distances"]["square"]
     # the robust delta differs from the plain one (the adversarial term trained R too), and loads into diffusers
     pipe.load_lora_weights(str(tmp_path / "rob.safetensors"), adapter_name="rob")
     pipe.unload_lora_weights()
@@ -124,3 +127,16 @@ def test_robust_restart_puts_one_conditioning_back_to_its_start(toy_available):
     assert d0 <= 2 * 0.05 * 1.01 < d1  # 0 restarted: 2 Adam steps from its start (each <= lr); 1 kept going: 4 steps
     st = adv.opt.state[adv.cond]
     assert st["exp_avg"].shape == adv.cond.shape
+
+
+def test_robust_anchor_is_the_farthest_object_anchor(toy_available):
+    from semu_diffusion.api import robust_anchor
+    from semu_diffusion.loading import load_pipeline
+    from semu_diffusion.recipes import all_recipes
+
+    pipe, recipe = load_pipeline("toy"), all_recipes()["toy"]
+    assert recipe.train["object_anchors"][0] == "circle"  # the plain default for ring is the near one
+    anchor, rule = robust_anchor(pipe, "cpu", recipe, "ring", None)
+    assert anchor == "square" and rule["distances"]["square"] > rule["distances"]["circle"] * 1.2
+    assert robust_anchor(pipe, "cpu", recipe, "circle", None) == (None, None)  # one candidate left: the default
+    assert robust_anchor(pipe, "cpu", recipe, "nudity", None) == (None, None)  # people keep their clothed anchor

@@ -192,11 +192,12 @@ def summarize(results: dict, variants: list[str], attacks: list[str]) -> dict:
     import numpy as np
 
     out = {}
+    order = list(dict.fromkeys(r["concept"] for r in results["rows"].values()))  # as first run (re-run rows come last)
     for v in variants:
         rs = [r for r in results["rows"].values() if r["variant"] == v]
         if not rs:
             continue
-        cs = list(dict.fromkeys(r["concept"] for r in rs))
+        cs = sorted(dict.fromkeys(r["concept"] for r in rs), key=order.index)
         s = {"concepts": cs, "runs": len(rs), "no_attack": float(np.mean([r["no_attack"] for r in rs]))}
         for n in attacks + ["random"]:
             per_c = [float(np.mean([r[n]["asr"] for r in rs if r["concept"] == c])) for c in cs]

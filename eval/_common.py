@@ -49,11 +49,27 @@ def load_results(res_path: Path, empty: dict) -> dict:
     return {**empty, **results, "toy_weights": wid}
 
 
+_LOCKS: dict = {}  # work folder -> its open lock file, held by this process until it exits
+
+
 def work_folder(work_dir, results: dict) -> Path:
     """``work_dir/toy-<weights id>`` (with ``deltas/`` made): deltas and images made on other toy weights are never
-    read back."""
+    read back. The folder is locked for this process: a second benchmark run on it (which would overwrite the
+    evaluation images the first is reading) is refused."""
+    import fcntl
+
     work = Path(work_dir) / f"toy-{results['toy_weights'][:8]}"
     (work / "deltas").mkdir(parents=True, exist_ok=True)
+    if str(work.resolve()) in _LOCKS:
+        return work
+    f = open(work / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise SystemExit(f"{work} is in use by another benchmark run: wait for it to finish or pass another "
+                         "--work-dir") from None
+    _LOCKS[str(work.resolve())] = f
     return work
 
 

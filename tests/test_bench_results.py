@@ -20,3 +20,19 @@ def test_results_of_other_toy_weights_are_not_reused(tmp_path):
     out, work, res_path, results = open_results(tmp_path / "out", tmp_path / "work", "bench.json")
     assert work == tmp_path / "work" / f"toy-{wid[:8]}" and (work / "deltas").is_dir()
     assert results["rows"] == {} and results["toy_weights"] == wid and res_path == tmp_path / "out" / "bench.json"
+
+
+def test_a_second_run_on_the_same_work_folder_is_refused(tmp_path):
+    import subprocess
+
+    out, work, _, _ = open_results(tmp_path / "out", tmp_path / "work", "bench.json")
+    assert open_results(tmp_path / "out", tmp_path / "work", "bench.json")[1] == work  # this process may reopen it
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from _common import open_results; "
+            "open_results(sys.argv[2], sys.argv[3], 'bench.json')")
+    eval_dir = str(Path(__file__).resolve().parent.parent / "eval")
+    other = subprocess.run([sys.executable, "-c", code, eval_dir, str(tmp_path / "out"), str(tmp_path / "work")],
+                           capture_output=True, text=True)
+    assert other.returncode != 0 and "in use by another benchmark run" in other.stderr
+    other = subprocess.run([sys.executable, "-c", code, eval_dir, str(tmp_path / "out"), str(tmp_path / "work2")],
+                           capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr  # another --work-dir is fine

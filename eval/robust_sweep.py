@@ -49,6 +49,7 @@ def main(argv=None):
             continue
         opts = json.loads(js or "{}")
         w = work / f"{name}-{a.concept}"
+        w.mkdir(parents=True, exist_ok=True)
         delta = w / "delta.safetensors"
         t0 = time.time()
         erase(a.concept, pipe=pipe, out=delta, seed=0, progress=False, log=lambda *x: None, **opts)

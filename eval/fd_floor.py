@@ -66,7 +66,8 @@ def main(argv=None):
         pairs[f"{x}-{y}"] = {"mean": float(np.mean(fds)), "min": float(np.min(fds)), "max": float(np.max(fds))}
     res = {"what": "FD-CLIP (toy CLIP) between base-model image sets with disjoint seeds, kept-class masks (all "
                    "classes but one, averaged over the classes), as in classwise.py's FD vs base",
-           "prompts": a.prompts, "toy_weights": toy_weights_id(), "per_prompt": a.per_prompt, "seeds": seeds, "n_images_per_set": int(len(labels)), "pairs": pairs,
+           "prompts": a.prompts, "toy_weights": toy_weights_id(), "per_prompt": a.per_prompt, "seeds": seeds,
+           "n_images_per_set": int(len(labels)), "pairs": pairs,
            "mean": float(np.mean([v["mean"] for v in pairs.values()]))}
     atomic.write_json(Path(a.out), res)
     print(json.dumps(res, indent=1))

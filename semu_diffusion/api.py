@@ -129,11 +129,11 @@ def robust_anchor(pipe, device, recipe, concept: str, kind: str | None) -> tuple
     text conditioning ("a photo of a <anchor>", every position) lies farthest from the concept's. A near anchor
     (ring -> circle) leaves the erased model one small conditioning change away from the concept, which is what
     the attacks find. Returns (anchor, the rule and distances for the provenance); (None, None) leaves the default."""
-    from .concepts import OBJECT_TEMPLATES, article, concept_kind
+    from .concepts import OBJECT_TEMPLATES, article, concept_kind, object_anchor_candidates
 
     if (kind or concept_kind(concept)) != "object":
         return None, None
-    cands = [a for a in recipe.train.get("object_anchors") or [] if a.lower() != concept.strip().lower()]
+    cands = object_anchor_candidates(concept, recipe.train.get("object_anchors"))
     if len(cands) < 2:
         return None, None
     h = Conditioner(pipe, device).embed([article(OBJECT_TEMPLATES[0].format(x)) for x in [concept.strip(), *cands]])
@@ -264,9 +264,9 @@ def prepare(cfg: EraseConfig, pipe=None, progress: bool = True, log=print) -> Er
         f"preset={cfg.preset} model={model_id} family={recipe.family} targets={len(names)} device={device} "
         f"precision={cfg.mixed_precision}")
     run = EraseRun(cfg=cfg, pipe=pipe, model_id=model_id, recipe=recipe, plan=plan, names=names, method=m, mcfg=mcfg,
-                   tcfg=tcfg, accelerator=accelerator, device=device, progress=progress, stop_judge=stop_judge)
+                   tcfg=tcfg, accelerator=accelerator, device=device, progress=progress, stop_judge=stop_judge,
+                   anchor_rule=anchor_rule)
     run.stage["load"] = load_s
-    run.anchor_rule = anchor_rule
     torch.manual_seed(cfg.seed)
     c = Conditioner(pipe, device)
     run.cond = {"forget": c.embed(plan.forget_prompts), "anchor": c.embed(plan.anchor_prompts), "uncond": c.embed([""])}
@@ -474,7 +474,8 @@ def provenance(run: EraseRun, delta, base_fp) -> dict:
     prov = c.provenance()
     prov.update({
         "toolkit": "semu-diffusion", "toolkit_version": __version__, "concepts": [run.plan.concept],
-        "kind": run.plan.kind, "anchor": run.plan.anchor, "anchor_rule": run.anchor_rule, "base_model": run.model_id, "base_family": run.recipe.family,
+        "kind": run.plan.kind, "anchor": run.plan.anchor, "anchor_rule": run.anchor_rule, "base_model": run.model_id,
+        "base_family": run.recipe.family,
         "base_fingerprint": base_fp, "ranks": delta.ranks, "forget_n": run.tcfg.forget_n,
         "anchor_share": c.anchor_share if run.n_anchor else 0.0,
         "forget_prompts_file": prov.pop("forget_prompts"), "forget_prompts": run.plan.forget_prompts,

@@ -84,6 +84,12 @@ def _fix_article(text: str) -> str:
     return article(text)
 
 
+def object_anchor_candidates(concept: str, anchors: list[str] | None) -> list[str]:
+    """The recipe's default object anchors that are not the concept itself, in the recipe's order."""
+    c = concept.strip().lower()
+    return [a for a in anchors or [] if a.lower() != c]
+
+
 def plan_concept(concept: str, anchor: str | None = None, kind: str | None = None, prompts_file: str | Path | None = None,
                  default_object_anchors: list[str] | None = None, modifiers=()) -> ConceptPlan:
     """Forget prompts and paired anchor prompts for a concept. ``anchor=None`` picks the kind's default.
@@ -120,7 +126,7 @@ def plan_concept(concept: str, anchor: str | None = None, kind: str | None = Non
         elif kind == "style":
             anchor = "a painting"
         else:
-            cands = [a for a in (default_object_anchors or [""]) if a.lower() != name.lower()]
+            cands = object_anchor_candidates(name, default_object_anchors)
             anchor = cands[0] if cands else ""
     if kind == "object" and not prompts_file:
         anchors = [_fix_article(t.format(anchor)) if anchor else "" for t in OBJECT_TEMPLATES]

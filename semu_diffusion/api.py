@@ -147,11 +147,11 @@ def robust_anchor(pipe, device, recipe, concept: str, kind: str | None) -> tuple
 def concept_plan(cfg: EraseConfig, recipe, concept: str, anchor: str | None, kind: str | None):
     """One concept's forget and paired anchor prompts under a resolved config and its recipe: the forget prompt file
     (``--forget-prompts``, else the recipe's for the kind), the recipe's default object anchors and the forget
-    modifiers."""
+    modifiers (and the bare word)."""
     return plan_concept(concept, anchor=anchor, kind=kind,
                         prompts_file=cfg.forget_prompts or recipe_forget_prompts(recipe, concept, kind),
                         default_object_anchors=recipe.train.get("object_anchors"),
-                        modifiers=split_words(cfg.forget_modifiers))
+                        modifiers=split_words(cfg.forget_modifiers), bare=cfg.forget_bare)
 
 
 def recipe_forget_prompts(recipe, concept: str, kind: str | None = None) -> Path | None:

@@ -91,9 +91,11 @@ def object_anchor_candidates(concept: str, anchors: list[str] | None) -> list[st
 
 
 def plan_concept(concept: str, anchor: str | None = None, kind: str | None = None, prompts_file: str | Path | None = None,
-                 default_object_anchors: list[str] | None = None, modifiers=()) -> ConceptPlan:
+                 default_object_anchors: list[str] | None = None, modifiers=(), bare: bool = False) -> ConceptPlan:
     """Forget prompts and paired anchor prompts for a concept. ``anchor=None`` picks the kind's default.
-    ``modifiers``: words (e.g. colours) that add modified prompts of an object concept, paired with the anchor's."""
+    ``modifiers``: words (e.g. colours) that add modified prompts of an object concept, paired with the anchor's.
+    ``bare``: an object concept's templates gain the bare word ("star", paired with "circle"), after the templates and
+    before the modified prompts."""
     concept = (concept or "").strip()
     if not concept:
         raise ValueError("empty concept: pass --concept with the word or phrase to erase, e.g. --concept triangle")
@@ -115,7 +117,7 @@ def plan_concept(concept: str, anchor: str | None = None, kind: str | None = Non
         if not forget:
             raise ValueError(f"forget prompt file {p} holds no prompts")
     elif kind == "object":
-        forget = [_fix_article(t.format(name)) for t in OBJECT_TEMPLATES]
+        forget = [_fix_article(t.format(name)) for t in object_templates(bare)]
     elif kind == "style":
         forget = [t.format(name) for t in STYLE_TEMPLATES]
     else:
@@ -129,7 +131,7 @@ def plan_concept(concept: str, anchor: str | None = None, kind: str | None = Non
             cands = object_anchor_candidates(name, default_object_anchors)
             anchor = cands[0] if cands else ""
     if kind == "object" and not prompts_file:
-        anchors = [_fix_article(t.format(anchor)) if anchor else "" for t in OBJECT_TEMPLATES]
+        anchors = [_fix_article(t.format(anchor)) if anchor else "" for t in object_templates(bare)]
         forget += modified_prompts(name, modifiers)
         anchors += modified_prompts(anchor, modifiers) if anchor else [""] * len(modifiers)
     elif kind == "style" and not prompts_file and anchor == "a painting":
@@ -137,6 +139,11 @@ def plan_concept(concept: str, anchor: str | None = None, kind: str | None = Non
     else:
         anchors = [anchor] * len(forget)
     return ConceptPlan(concept=concept, kind=kind, forget_prompts=forget, anchor_prompts=anchors, anchor=anchor)
+
+
+def object_templates(bare: bool = False) -> list[str]:
+    """The object forget templates, plus the bare word ("{}") when ``bare``."""
+    return OBJECT_TEMPLATES + ["{}"] * bool(bare)
 
 
 def modified_prompts(name: str, modifiers) -> list[str]:

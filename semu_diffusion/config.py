@@ -27,13 +27,13 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
     # remap target = the current model's prediction for another class (detached), every Linear/Conv2d targeted
     "semu-paper": {"method": "semu", "conv_mode": "per-channel", "r_min": 0, "r_max": None, "project": False,
                    "remap_target": "current", "targets": r".*", "anchor_share": 0.0, "retain_energy": 0.0,
-                   "stop_every": 0, "forget_modifiers": ""},
+                   "stop_every": 0, "forget_modifiers": "", "forget_bare": False},
     # the official ESD scripts: negative-guidance target only, no retain term (ESD has none), weights and biases
     # trained (method_options are merged key by key: the user's own keys win)
     "esd-x-paper": {"method": "esd-x", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0,
-                    "forget_modifiers": "", "method_options": {"train_bias": True}},
+                    "forget_modifiers": "", "forget_bare": False, "method_options": {"train_bias": True}},
     "esd-u-paper": {"method": "esd-u", "retain_weight": 0.0, "anchor_share": 0.0, "stop_every": 0,
-                    "forget_modifiers": "", "method_options": {"train_bias": True}},
+                    "forget_modifiers": "", "forget_bare": False, "method_options": {"train_bias": True}},
 }
 
 
@@ -125,6 +125,10 @@ class EraseConfig:
                                        "a modified forget prompt paired with the same modifier on the anchor, so the "
                                        "erasure holds under modified prompts too ('' = none, as the papers)",
                                        recipe="train.forget_modifiers", final="")
+    forget_bare: bool | None = opt(None, "object concepts: add the bare concept word as a forget prompt ('star', ESD's "
+                                   "own prompt), paired with the bare anchor, so the erasure holds without a template "
+                                   "around the word (--no-forget-bare: the templates only, as the papers)",
+                                   recipe="train.forget_bare", final=False)
     forget_images: str | None = opt(None, "folder of images of the concept (VAE-encoded) instead of generated latents")
     retain_prompts: Any = opt(None, "file of prompts whose outputs must not change")
     curriculum: bool = opt(False, "order forget samples easy->hard (CUFG pacing)")

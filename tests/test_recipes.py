@@ -76,3 +76,28 @@ def test_forget_modifiers_pair_modified_forget_and_anchor_prompts():
     # modifiers apply to object templates only: nudity, styles and prompt files keep their own sets
     assert plan_concept("nudity", modifiers=["red"]).forget_prompts == plan_concept("nudity").forget_prompts
     assert plan_concept("Varkon style", modifiers=["red"]).forget_prompts == plan_concept("Varkon style").forget_prompts
+
+
+def test_forget_bare_adds_the_bare_word_paired_with_the_bare_anchor():
+    from semu_diffusion.concepts import OBJECT_TEMPLATES, plan_concept
+    import argparse
+
+    from semu_diffusion.config import PAPER_PRESETS, EraseConfig, add_cli_flags, config_from_args, resolve
+    from semu_diffusion.recipes import all_recipes
+
+    recipes = all_recipes()
+    for fam in ("toy", "sd15"):  # on by default in the toy and SD recipes
+        assert resolve(EraseConfig(concept="star"), recipes[fam]).forget_bare is True
+    for preset in PAPER_PRESETS:  # the papers' forget sets: the templates only
+        assert resolve(EraseConfig(concept="star", preset=preset), recipes["toy"]).forget_bare is False
+    parser = argparse.ArgumentParser()
+    add_cli_flags(parser)
+    cfg = config_from_args(parser.parse_args(["--concept", "star", "--no-forget-bare"]))
+    assert resolve(cfg, recipes["toy"]).forget_bare is False
+    n = len(OBJECT_TEMPLATES)
+    p = plan_concept("star", default_object_anchors=["circle"], modifiers=["red"], bare=True)
+    assert p.forget_prompts[n:] == ["star", "a photo of a red star"]  # after the templates, before the modified ones
+    assert p.anchor_prompts[n:] == ["circle", "a photo of a red circle"]
+    assert plan_concept("star", bare=False).forget_prompts == plan_concept("star").forget_prompts[:n]
+    assert plan_concept("star", anchor="", bare=True).anchor_prompts[n] == ""  # the empty anchor stays empty
+    assert plan_concept("nudity", bare=True).forget_prompts == plan_concept("nudity").forget_prompts

@@ -1,5 +1,6 @@
 """Robust-mode screening on one concept (issue 25): each variant erases the concept with its options, is measured
-with semu-eval (UA/RA/FD-CLIP vs base on toy_objects, 4 images per prompt, seed 0) and then attacked by the token
+with semu-eval (UA/RA/FD-CLIP vs base on toy_objects, 4 images per prompt, seed 0; nudity: UA = 1 - the nudity rate
+on the explicit toy I2P prompts, RA and FD on toy_people) and then attacked by the token
 attack and the whole-prompt-embedding attack (250 steps, one attack seed, 12 judged images, as eval/attacks.py).
 
     python eval/robust_sweep.py --concept ring 'r99:{"robust": true, "retain_energy": 0.99}' 'sq:{"anchor": "square"}'
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "eval"))
 from _common import add_run_args, open_results  # noqa: E402
+from attacks import NUDITY_THRESHOLD  # noqa: E402
 
 
 def main(argv=None):
@@ -37,6 +39,7 @@ def main(argv=None):
     from semu_diffusion.attacks import AttackConfig, run_attacks
     from semu_diffusion.cli import _quiet_libraries
     from semu_diffusion.evaluation import EvalConfig, run_eval
+    from semu_diffusion.concepts import concept_kind
     from semu_diffusion.loading import load_pipeline
 
     _quiet_libraries()
@@ -54,11 +57,22 @@ def main(argv=None):
         t0 = time.time()
         erase(a.concept, pipe=pipe, out=delta, seed=0, progress=False, log=lambda *x: None, **opts)
         rec = {"options": opts, "erase_seconds": time.time() - t0, "delta_mb": delta.stat().st_size / 1e6}
-        r = run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=["toy_objects"], judges=["toy"],
-                                per_prompt=4, out=str(w / "eval"), seed=0, forget_label=a.concept),
-                     log=lambda *x: None)["results"]["toy_objects"]
         v = delta.stem
-        rec.update(UA=r[v]["UA"], RA=r[v]["RA"], FD=r[v].get("fd_clip_retained_vs_base"), RA_base=r["base"]["RA"])
+
+        def ev(sets, judges, filters=(), label=None):
+            return run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=sets, filters=list(filters),
+                                       judges=judges, per_prompt=4, out=str(w / f"eval-{sets[0]}"), seed=0,
+                                       forget_label=label, nudenet_threshold=NUDITY_THRESHOLD),
+                            log=lambda *x: None)["results"]
+
+        if concept_kind(a.concept) == "nudity":  # as eval/attacks.py: explicit toy I2P for UA, clothed people for RA
+            ex = next(iter(ev(["toy_i2p"], ["toy-nudity"], ["context=explicit"]).values()))[v]
+            r = ev(["toy_people"], ["toy"])["toy_people"]
+            rec.update(UA=1 - ex["judges"]["toy-nudity"]["nudity_rate"], RA=r[v]["accuracy"],
+                       FD=r[v].get("fd_clip_retained_vs_base"), RA_base=r["base"]["accuracy"])
+        else:
+            r = ev(["toy_objects"], ["toy"], label=a.concept)["toy_objects"]
+            rec.update(UA=r[v]["UA"], RA=r[v]["RA"], FD=r[v].get("fd_clip_retained_vs_base"), RA_base=r["base"]["RA"])
 
         def on_variant(_name, vres, rec=rec):
             rec["asr"] = {n: vres[n]["asr"] for n in ("no_attack", "inversion", "embedding", "random")}

@@ -1,7 +1,7 @@
 """Robust-mode screening on one concept (issue 25): each variant erases the concept with its options, is measured
 with semu-eval (UA/RA/FD-CLIP vs base on toy_objects, 4 images per prompt, seed 0; nudity: UA = 1 - the nudity rate
-on the explicit toy I2P prompts, RA and FD on toy_people) and then attacked by the token
-attack and the whole-prompt-embedding attack (250 steps, one attack seed, 12 judged images, as eval/attacks.py).
+on the explicit toy I2P prompts, RA and FD on toy_people) and then attacked by the token attack and the
+whole-prompt-embedding attack (250 steps, one attack seed, 12 judged images, as eval/attacks.py).
 
     python eval/robust_sweep.py --concept ring 'r99:{"robust": true, "retain_energy": 0.99}' 'sq:{"anchor": "square"}'
 
@@ -38,8 +38,8 @@ def main(argv=None):
     from semu_diffusion import erase
     from semu_diffusion.attacks import AttackConfig, run_attacks
     from semu_diffusion.cli import _quiet_libraries
-    from semu_diffusion.evaluation import EvalConfig, run_eval
     from semu_diffusion.concepts import concept_kind
+    from semu_diffusion.evaluation import EvalConfig, run_eval
     from semu_diffusion.loading import load_pipeline
 
     _quiet_libraries()

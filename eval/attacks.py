@@ -151,37 +151,40 @@ def make_deltas(pipe, concept: str, variants: list[str], work: Path, results: di
 
 def quality(pipe, concept: str, variants: list[str], deltas: dict, work: Path, results: dict, a, save) -> None:
     """UA on the plain prompts, RA on the rest and FD-CLIP versus base, one semu-eval pass for all variants."""
-    from semu_diffusion.concepts import concept_kind
-    from semu_diffusion.evaluation import EvalConfig, run_eval
-
     todo = [v for v in variants if "UA" not in results["deltas"][f"{v}/{concept}"]]
     if not todo:
         return
-    paths = [str(deltas[v]) for v in todo]
+    recs = concept_quality(concept, [deltas[v] for v in todo], work / f"eval-{concept}", a.per_prompt)
+    results.setdefault("base_quality", {})[concept] = recs["base"]
+    for v in todo:
+        results["deltas"][f"{v}/{concept}"].update(recs[deltas[v].stem])
+    save()
+
+
+def concept_quality(concept: str, deltas: list, out_prefix: Path, per_prompt: int,
+                    kept_sets: tuple[str, ...] = ("toy_people", "toy_objects")) -> dict[str, dict]:
+    """UA, RA and FD-CLIP versus base of the base model and each delta, keyed "base" and by the deltas' file stems:
+    objects: UA and RA on toy_objects; nudity: UA = 1 - the nudity rate on the explicit toy I2P prompts, RA and FD
+    the means over ``kept_sets``. Images go to ``<out_prefix>-<part>``."""
+    from semu_diffusion.concepts import concept_kind
+    from semu_diffusion.evaluation import EvalConfig, run_eval
 
     def ev(sets, filters, judges, name, label=None):
-        return run_eval(EvalConfig(model="toy", deltas=paths, prompt_sets=sets, filters=filters, judges=judges,
-                                   per_prompt=a.per_prompt, out=str(work / f"eval-{concept}-{name}"), seed=0,
+        return run_eval(EvalConfig(model="toy", deltas=[str(d) for d in deltas], prompt_sets=sets, filters=filters,
+                                   judges=judges, per_prompt=per_prompt, out=f"{out_prefix}-{name}", seed=0,
                                    forget_label=label, nudenet_threshold=NUDITY_THRESHOLD),
                         log=lambda *x: None)["results"]
 
-    variants_keys = [("base", "base")] + [(v, deltas[v].stem) for v in todo]
+    keys = ["base"] + [Path(d).stem for d in deltas]
     if concept_kind(concept) == "nudity":
         ex = next(iter(ev(["toy_i2p"], ["context=explicit"], ["toy-nudity"], "explicit").values()))
-        kept = ev(["toy_people", "toy_objects"], [], ["toy"], "kept")
-        sets = ("toy_people", "toy_objects")
-        recs = {v: {"UA": 1 - ex[key]["judges"]["toy-nudity"]["nudity_rate"],
-                    "RA": sum(kept[s][key]["accuracy"] for s in sets) / 2,
-                    "FD": _mean_or_none([kept[s][key].get("fd_clip_retained_vs_base") for s in sets])}
-                for v, key in variants_keys}
-    else:
-        r = ev(["toy_objects"], [], ["toy"], "objects", label=concept)["toy_objects"]
-        recs = {v: {"UA": r[key]["UA"], "RA": r[key]["RA"], "FD": r[key].get("fd_clip_retained_vs_base")}
-                for v, key in variants_keys}
-    results.setdefault("base_quality", {})[concept] = recs.pop("base")
-    for v, rec in recs.items():
-        results["deltas"][f"{v}/{concept}"].update(rec)
-    save()
+        kept = ev(list(kept_sets), [], ["toy"], "kept")
+        return {k: {"UA": 1 - ex[k]["judges"]["toy-nudity"]["nudity_rate"],
+                    "RA": sum(kept[s][k]["accuracy"] for s in kept_sets) / len(kept_sets),
+                    "FD": _mean_or_none([kept[s][k].get("fd_clip_retained_vs_base") for s in kept_sets])}
+                for k in keys}
+    r = ev(["toy_objects"], [], ["toy"], "objects", label=concept)["toy_objects"]
+    return {k: {"UA": r[k]["UA"], "RA": r[k]["RA"], "FD": r[k].get("fd_clip_retained_vs_base")} for k in keys}
 
 
 def _mean_or_none(vals: list):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from semu_diffusion import atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "eval"))
 from _common import add_run_args, open_results  # noqa: E402
-from attacks import NUDITY_THRESHOLD  # noqa: E402
+from attacks import concept_quality  # noqa: E402
 
 
 def main(argv=None):
@@ -38,8 +38,6 @@ def main(argv=None):
     from semu_diffusion import erase
     from semu_diffusion.attacks import AttackConfig, run_attacks
     from semu_diffusion.cli import _quiet_libraries
-    from semu_diffusion.concepts import concept_kind
-    from semu_diffusion.evaluation import EvalConfig, run_eval
     from semu_diffusion.loading import load_pipeline
 
     _quiet_libraries()
@@ -57,22 +55,9 @@ def main(argv=None):
         t0 = time.time()
         erase(a.concept, pipe=pipe, out=delta, seed=0, progress=False, log=lambda *x: None, **opts)
         rec = {"options": opts, "erase_seconds": time.time() - t0, "delta_mb": delta.stat().st_size / 1e6}
-        v = delta.stem
-
-        def ev(sets, judges, filters=(), label=None):
-            return run_eval(EvalConfig(model="toy", deltas=[str(delta)], prompt_sets=sets, filters=list(filters),
-                                       judges=judges, per_prompt=4, out=str(w / f"eval-{sets[0]}"), seed=0,
-                                       forget_label=label, nudenet_threshold=NUDITY_THRESHOLD),
-                            log=lambda *x: None)["results"]
-
-        if concept_kind(a.concept) == "nudity":  # as eval/attacks.py: explicit toy I2P for UA, clothed people for RA
-            ex = next(iter(ev(["toy_i2p"], ["toy-nudity"], ["context=explicit"]).values()))[v]
-            r = ev(["toy_people"], ["toy"])["toy_people"]
-            rec.update(UA=1 - ex["judges"]["toy-nudity"]["nudity_rate"], RA=r[v]["accuracy"],
-                       FD=r[v].get("fd_clip_retained_vs_base"), RA_base=r["base"]["accuracy"])
-        else:
-            r = ev(["toy_objects"], ["toy"], label=a.concept)["toy_objects"]
-            rec.update(UA=r[v]["UA"], RA=r[v]["RA"], FD=r[v].get("fd_clip_retained_vs_base"), RA_base=r["base"]["RA"])
+        # as eval/attacks.py, except that a nudity erasure's RA and FD are measured on toy_people alone
+        q = concept_quality(a.concept, [delta], w / "eval", 4, kept_sets=("toy_people",))
+        rec.update(q[delta.stem], RA_base=q["base"]["RA"])
 
         def on_variant(_name, vres, rec=rec):
             rec["asr"] = {n: vres[n]["asr"] for n in ("no_attack", "inversion", "embedding", "random")}
